@@ -1,0 +1,28 @@
+"""Array-module selection: NumPy on CPU, CuPy on GPU, chosen by the data or the worker."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+
+def array_module(*arrays: Any) -> ModuleType:
+    """The array module (``numpy`` or ``cupy``) of the first CuPy array among ``arrays``, else NumPy."""
+    for arr in arrays:
+        if type(arr).__module__.startswith("cupy"):
+            import cupy
+
+            return cupy
+    return np
+
+
+def gpu_available() -> bool:
+    """Whether CuPy is importable and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, or CUDA runtime errors on machines without a driver
+        return False

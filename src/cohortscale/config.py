@@ -1,0 +1,239 @@
+"""Typed configuration: dataclasses loaded from TOML and overridden from the command line.
+
+Every section of a run is a frozen dataclass. :func:`load_config` reads a TOML file (optional) and then
+applies ``key=value`` overrides with dotted keys for nested sections (``anomalies.corrupt_zip=0.1``),
+converting each value to the field's declared type, so a typo or a wrong type fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cohortscale.protocols import DixonAcquisition, Scanner
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AnomalyRates:
+    """Per-participant probabilities of each injected anomaly (0–1).
+
+    Each anomaly is drawn independently per participant visit from the cohort seed; the ones drawn are
+    recorded in ``truth/anomalies.csv``. Rates of 1.0 force an anomaly, which is how tests ask for one.
+    """
+
+    duplicate_station: float = 0.02
+    """A station acquired twice; the repeat has a newer SeriesTime and must win."""
+    missing_series: float = 0.01
+    """One of the 24 Dixon series absent from the zip."""
+    short_station: float = 0.01
+    """A 44-slice station delivered with 43 slices."""
+    swap_station: float = 0.01
+    """Fat and water series exchanged for a whole station."""
+    swap_leg: float = 0.008
+    """Fat and water exchanged in one leg of station 5 or 6."""
+    ghost_slices: float = 0.05
+    """2–4 wrap-around ghost slices at the ends of each station."""
+    truncated_dicom: float = 0.005
+    """One DICOM file in the Dixon zip cut short."""
+    corrupt_zip: float = 0.005
+    """The Dixon zip damaged so that it cannot be opened as an archive."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that defines a synthetic cohort. The same config and seed give identical files.
+
+    Attributes
+    ----------
+    participants : int
+        Number of participants (each has an imaging visit, instance 2).
+    seed : int
+        Cohort seed; every random draw derives from it.
+    scale : float
+        Spatial scale of images in (0, 1]: matrices and slice counts shrink by this factor and voxel
+        sizes grow by its inverse, so the body and the station layout keep their physical size.
+    images : bool
+        Write DICOM zips and truth volumes; ``False`` writes only phenotypes and truth IDPs.
+    repeat_visit_rate : float
+        Share of participants who also attended the repeat imaging visit (instance 3).
+    dixon_snr : float
+        Dixon signal-to-noise ratio: muscle water signal over the noise standard deviation.
+    multiecho_snr : float
+        Multi-echo SNR: muscle first-echo magnitude over the noise standard deviation.
+    multiecho_fields : tuple of int
+        Multi-echo protocols to write (20254 = 6-echo IDEAL; 20203 = 10-echo).
+    coil_bias : float
+        Peak relative amplitude of the smooth receive-coil bias field.
+    edge_rolloff : float
+        Relative signal loss on the outermost slice of each station (decays inwards over ~5 slices).
+    b0_range_hz : float
+        Maximum absolute off-resonance of the smooth multi-echo field map, Hz.
+    max_signal : int
+        uint16 value that the brightest tissue reaches before noise.
+    workers : int
+        Processes used to generate participants in parallel.
+    zip_compresslevel : int
+        Deflate level of the bulk zips (1 is 3–4× faster to write than 6 for ~3 % larger files).
+    """
+
+    participants: int = 3
+    seed: int = 0
+    scale: float = 1.0
+    images: bool = True
+    repeat_visit_rate: float = 0.05
+    dixon_snr: float = 40.0
+    multiecho_snr: float = 40.0
+    multiecho_fields: tuple[int, ...] = (20254,)
+    coil_bias: float = 0.2
+    edge_rolloff: float = 0.15
+    b0_range_hz: float = 150.0
+    max_signal: int = 1600
+    workers: int = 1
+    zip_compresslevel: int = 1
+    anomalies: AnomalyRates = field(default_factory=AnomalyRates)
+    dixon: DixonAcquisition = field(default_factory=DixonAcquisition)
+    scanner: Scanner = field(default_factory=Scanner)
+
+    def __post_init__(self) -> None:
+        if self.participants < 1:
+            raise ValueError(f"participants must be ≥ 1, got {self.participants}")
+        if not 0.0 < self.scale <= 1.0:
+            raise ValueError(f"scale must be in (0, 1], got {self.scale}")
+        for name in ("dixon_snr", "multiecho_snr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        from cohortscale.protocols import MULTIECHO_PROTOCOLS
+
+        unknown = set(self.multiecho_fields) - set(MULTIECHO_PROTOCOLS)
+        if unknown:
+            raise ValueError(
+                f"unknown multi-echo field(s) {sorted(unknown)}; known: {sorted(MULTIECHO_PROTOCOLS)}"
+            )
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a TOML or command-line value to the declared field type."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{key}: expected a table, got {value!r}")
+        return _build(annotation, value, prefix=key + ".")
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return tuple(_convert(v, item_type, key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _convert(value, args[0], key)
+    if annotation is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(f"{key}: not a boolean: {value!r}")
+            return lowered in {"true", "1", "yes"}
+        return bool(value)
+    if annotation in (int, float, str):
+        try:
+            return annotation(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{key}: cannot read {value!r} as {annotation.__name__}") from exc
+    return value
+
+
+def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(values) - names
+    if unknown:
+        raise KeyError(f"unknown setting(s) {sorted(prefix + u for u in unknown)} for {cls.__name__}")
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        _merge(base.setdefault(head, {}), rest, value)
+    else:
+        base[head] = value
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """Shallow-recursive dict of a dataclass that keeps nested dataclasses as dicts."""
+    return {
+        f.name: _as_dict(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v
+        for f in dataclasses.fields(obj)
+    }
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    base: T | None = None,
+) -> T:
+    """Build a configuration dataclass from defaults, a TOML file and overrides, in that order.
+
+    Parameters
+    ----------
+    cls : type
+        The configuration dataclass, e.g. :class:`SynthConfig`.
+    path : path-like, optional
+        TOML file whose top-level keys (and tables, for nested sections) set fields.
+    overrides : mapping or iterable of ``"key=value"``, optional
+        Dotted keys for nested fields, e.g. ``{"anomalies.corrupt_zip": 0.5}``.
+    base : instance of ``cls``, optional
+        Starting values instead of the defaults.
+
+    Returns
+    -------
+    instance of ``cls``
+    """
+    values: dict[str, Any] = _as_dict(base) if base is not None else {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            for key, value in tomllib.load(fh).items():
+                if isinstance(value, Mapping) and isinstance(values.get(key), dict):
+                    values[key] = {**values[key], **value}
+                else:
+                    values[key] = value
+    if overrides is not None:
+        items = overrides.items() if isinstance(overrides, Mapping) else _split_pairs(overrides)
+        for key, value in items:
+            _merge(values, key, value)
+    return _build(cls, values)
+
+
+def _split_pairs(pairs: Iterable[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {pair!r} is not of the form key=value")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/TOML-ready dict of a configuration dataclass (tuples as lists)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(obj: Any) -> Any:
+    """Recursively turn tuples into lists and non-string mapping keys into strings."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    return obj

@@ -1,0 +1,177 @@
+"""Write a whole synthetic cohort: phenotypes, bulk zips per visit, and the ground truth.
+
+Layout of the output directory::
+
+    phenotypes.csv                 UK Biobank ukbconv table (eid, <field>-<instance>.<array>)
+    bulk/<eid>_20201_<inst>_0.zip  neck-to-knee Dixon; bulk/<eid>_20254_<inst>_0.zip multi-echo slice
+    truth/population.csv           latent variables and target IDPs of every participant
+    truth/idps.csv                 true IDPs per visit (measured on the anatomy when images exist)
+    truth/anomalies.csv            every injected anomaly (eid, instance, anomaly, details)
+    truth/coefficients.json        the generative model's effects; truth/config.json the settings
+    truth/<eid>_<inst>/            per visit: maps.zarr (labels, noiseless maps) and idp.json
+
+Visits are independent and written atomically, so generation runs in parallel processes and a rerun
+into the same directory skips the visits that are already complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cohortscale import __version__
+from cohortscale.config import SynthConfig, config_to_dict, json_ready
+from cohortscale.synth.participant import VisitResult, generate_visit
+from cohortscale.synth.population import GenerativeModel, simulate_population, to_ukbconv, truth_idps
+
+#: Columns of the population table that change at the repeat visit, and their repeat-visit names.
+REPEAT_COLUMNS = {"age": "repeat_age", "imaging_date": "repeat_date"}
+
+
+@dataclass(frozen=True)
+class CohortSummary:
+    """What :func:`synthesize` wrote.
+
+    Attributes
+    ----------
+    out : Path
+    participants : int
+    visits : int
+        Imaging visits with images (0 with ``images=False``).
+    generated, skipped : int
+        Visits generated now, and visits found complete from an earlier run.
+    anomalies : pandas.DataFrame
+        One row per injected anomaly.
+    seconds : float
+        Wall time of the run.
+    seconds_per_visit : float
+        Mean wall time of generating one visit in a worker (nan when none was generated).
+    """
+
+    out: Path
+    participants: int
+    visits: int
+    generated: int
+    skipped: int
+    anomalies: pd.DataFrame
+    seconds: float
+    seconds_per_visit: float
+
+
+def visit_subjects(population: pd.DataFrame) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """``(eid, instance, subject)`` for every imaging visit: instance 2 for all, 3 for repeat visitors."""
+    for eid, row in population.iterrows():
+        subject = row.to_dict()
+        yield int(eid), 2, subject
+        if bool(row.get("repeat_visit", False)):
+            repeat = dict(subject)
+            for base, col in REPEAT_COLUMNS.items():
+                repeat[base] = row[col]
+            yield int(eid), 3, repeat
+
+
+def _timed_visit(
+    subject: dict[str, Any], eid: int, instance: int, config: SynthConfig, out: Path
+) -> tuple[VisitResult, float]:
+    start = time.perf_counter()
+    result = generate_visit(subject, eid, instance, config, out)
+    return result, time.perf_counter() - start
+
+
+def _completed(out: Path, eid: int, instance: int) -> dict[str, Any] | None:
+    path = out / "truth" / f"{eid}_{instance}" / "idp.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def synthesize(config: SynthConfig, out: str | Path, progress: bool = True) -> CohortSummary:
+    """Generate a synthetic UK Biobank-like cohort into ``out`` (see module docstring).
+
+    Parameters
+    ----------
+    config : SynthConfig
+    out : path-like
+        Output directory (created; existing complete visits are kept).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    CohortSummary
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    population = simulate_population(config.participants, config.seed, config.repeat_visit_rate)
+    to_ukbconv(population, config.seed).to_csv(out / "phenotypes.csv", index=False)
+    population.to_csv(out / "truth" / "population.csv")
+    model = json_ready(dataclasses.asdict(GenerativeModel()))
+    (out / "truth" / "coefficients.json").write_text(json.dumps(model, indent=1))
+    meta = {"cohortscale_version": __version__, "config": config_to_dict(config)}
+    (out / "truth" / "config.json").write_text(json.dumps(meta, indent=1))
+
+    rows: list[dict[str, Any]] = []
+    anomaly_rows: list[dict[str, Any]] = []
+    generated = skipped = 0
+    visit_seconds: list[float] = []
+    if config.images:
+        todo = []
+        for eid, instance, subject in visit_subjects(population):
+            done = _completed(out, eid, instance)
+            if done is None:
+                todo.append((subject, eid, instance))
+            else:
+                skipped += 1
+                _collect(done["idps"], done["anomalies"], eid, instance, rows, anomaly_rows)
+        bar = tqdm(total=len(todo), desc="synth", unit="visit", disable=not progress)
+        with ProcessPoolExecutor(max_workers=max(1, config.workers)) as pool:
+            futures = [pool.submit(_timed_visit, s, e, i, config, out) for s, e, i in todo]
+            for future in as_completed(futures):
+                result, seconds = future.result()
+                visit_seconds.append(seconds)
+                generated += 1
+                _collect(result.idps, result.anomalies, result.eid, result.instance, rows, anomaly_rows)
+                bar.update()
+        bar.close()
+        idps = pd.DataFrame(rows).assign(source="anatomy")
+    else:
+        idps = truth_idps(population).reset_index().assign(instance=2, source="model")
+    idps = idps.sort_values(["eid", "instance"]).reset_index(drop=True)
+    idps.to_csv(out / "truth" / "idps.csv", index=False)
+    anomalies = pd.DataFrame(anomaly_rows, columns=["eid", "instance", "anomaly", "details"])
+    anomalies = anomalies.sort_values(["eid", "instance", "anomaly"]).reset_index(drop=True)
+    anomalies.to_csv(out / "truth" / "anomalies.csv", index=False)
+    return CohortSummary(
+        out=out,
+        participants=len(population),
+        visits=generated + skipped,
+        generated=generated,
+        skipped=skipped,
+        anomalies=anomalies,
+        seconds=time.perf_counter() - start,
+        seconds_per_visit=sum(visit_seconds) / len(visit_seconds) if visit_seconds else float("nan"),
+    )
+
+
+def _collect(
+    idps: dict[str, Any],
+    anomalies: list[dict[str, Any]],
+    eid: int,
+    instance: int,
+    rows: list[dict[str, Any]],
+    anomaly_rows: list[dict[str, Any]],
+) -> None:
+    rows.append({"eid": eid, "instance": instance, **idps})
+    for record in anomalies:
+        details = {k: v for k, v in record.items() if k != "anomaly"}
+        anomaly_rows.append(
+            {"eid": eid, "instance": instance, "anomaly": record["anomaly"], "details": json.dumps(details)}
+        )

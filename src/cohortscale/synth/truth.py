@@ -1,0 +1,125 @@
+"""Ground truth of a synthetic visit: volumes and ROI statistics measured on the exact anatomy, and the
+noiseless arrays written under ``truth/<eid>_<instance>/maps.zarr``.
+
+Volumes are counted on the full-resolution fused grid (2.232 × 2.232 × 3 mm) whatever the image scale, so
+they are the same for a ``--scale 0.25`` cohort and a full-scale one. Definitions:
+
+- thigh compartments: anterior, posterior and medial thigh muscle per leg; ``tmv_cm3`` is their sum over
+  both legs (gluteal and iliopsoas excluded); ``pa_ratio`` = posterior / anterior over both legs;
+  ``thigh_asymmetry`` = (left − right) / mean;
+- ``vat_l``: visceral fat label; ``asat_l``: subcutaneous fat of the trunk (arms and legs excluded) from
+  the top of the femoral heads to the top of T9, as UK Biobank's body-composition IDPs define it;
+- ``vbm_*``: medians over the vertebral-body pixels of the multi-echo slice (the bone-marrow ROI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+
+from cohortscale.geometry import Grid
+from cohortscale.ops.fatwater import iron_from_r2star
+from cohortscale.synth.anatomy import Body
+from cohortscale.synth.labels import LABELS, SIDES, THIGH_COMPARTMENTS, VERTEBRA_IDS
+from cohortscale.synth.shapes import paint
+from cohortscale.synth.signal import DixonTables, SmoothField
+
+
+def volume_idps(body: Body, grid: Grid) -> dict[str, float]:
+    """Muscle and fat volumes of ``body`` counted on ``grid`` (see module docstring for definitions).
+
+    Returns
+    -------
+    dict
+        ``thigh_{anterior,posterior,medial}_{left,right}_cm3``, ``gluteal_{side}_cm3``,
+        ``thigh_muscle_{side}_cm3``, ``tmv_cm3``, ``pa_ratio``, ``thigh_asymmetry``, ``vat_l``,
+        ``asat_l``, ``liver_volume_l``.
+    """
+    labels = paint(grid, body.parts)
+    voxel_cm3 = float(np.prod(grid.spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=256)
+
+    def cm3(name: str) -> float:
+        return float(counts[LABELS[name]]) * voxel_cm3
+
+    idps: dict[str, float] = {}
+    for side in SIDES:
+        for comp in THIGH_COMPARTMENTS:
+            idps[f"thigh_{comp}_{side}_cm3"] = cm3(f"thigh_{comp}_{side}")
+        idps[f"gluteal_{side}_cm3"] = cm3(f"gluteal_{side}")
+        idps[f"thigh_muscle_{side}_cm3"] = sum(idps[f"thigh_{c}_{side}_cm3"] for c in THIGH_COMPARTMENTS)
+    left, right = idps["thigh_muscle_left_cm3"], idps["thigh_muscle_right_cm3"]
+    idps["tmv_cm3"] = left + right
+    posterior = sum(idps[f"thigh_posterior_{s}_cm3"] for s in SIDES)
+    anterior = sum(idps[f"thigh_anterior_{s}_cm3"] for s in SIDES)
+    idps["pa_ratio"] = posterior / anterior
+    idps["thigh_asymmetry"] = (left - right) / (0.5 * (left + right))
+    idps["vat_l"] = cm3("visceral_fat") / 1000
+    idps["liver_volume_l"] = cm3("liver") / 1000
+    xs, ys, zs = grid.axis_coordinates()
+    z_lo, z_hi = body.asat_z_range
+    rows = (zs >= z_lo) & (zs <= z_hi)
+    subcut = labels[rows] == LABELS["subcutaneous_fat"]
+    trunk = body.torso.inside(xs[None, None, :], ys[None, :, None], zs[rows][:, None, None])
+    idps["asat_l"] = float(np.count_nonzero(subcut & trunk)) * voxel_cm3 / 1000
+    return idps
+
+
+def slice_idps(maps: Mapping[str, np.ndarray], dixon: DixonTables, suffix: str) -> dict[str, float]:
+    """Bone-marrow and liver statistics of a multi-echo slice's true maps.
+
+    Parameters
+    ----------
+    maps : mapping
+        ``labels``, ``pdff`` (fraction) and ``r2star`` (s⁻¹) on the slice.
+    dixon : DixonTables
+        Gives the Dixon fat fraction the neck-to-knee volume shows at the same place.
+    suffix : str
+        Appended to every key (e.g. ``"_20254"``).
+    """
+    labels = maps["labels"]
+    roi = np.isin(labels, np.asarray(VERTEBRA_IDS))
+    liver = labels == LABELS["liver"]
+    r2_roi = _median(maps["r2star"], roi)
+    return {
+        f"vbm_roi_voxels{suffix}": float(roi.sum()),
+        f"vbm_pdff{suffix}": 100.0 * _median(maps["pdff"], roi),
+        f"vbm_ff{suffix}": 100.0 * _median(dixon.ff[labels], roi),
+        f"vbm_r2star{suffix}": r2_roi,
+        f"vbm_iron{suffix}": float(iron_from_r2star(r2_roi)),
+        f"liver_pdff{suffix}": 100.0 * _median(maps["pdff"], liver),
+        f"liver_r2star{suffix}": _median(maps["r2star"], liver),
+    }
+
+
+def _median(values: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.median(values[mask])) if mask.any() else float("nan")
+
+
+def write_arrays(
+    group: zarr.Group, arrays: Mapping[str, np.ndarray], grid: Grid, attrs: Mapping[str, Any] | None = None
+) -> None:
+    """Write arrays (one chunk each) and the grid's affine into a Zarr group."""
+    group.attrs.update({"affine": grid.affine.tolist(), "shape_zyx": list(grid.shape), **(attrs or {})})
+    for name, arr in arrays.items():
+        group.create_array(name, data=np.ascontiguousarray(arr), chunks=arr.shape, overwrite=True)
+
+
+def fused_truth(
+    body: Body, grid: Grid, dixon: DixonTables, pdff: np.ndarray, s0: float, bias: SmoothField
+) -> dict[str, np.ndarray]:
+    """Labels, noiseless water and fat (coil bias included, no noise, no slab roll-off), Dixon FF and
+    true PDFF (``pdff``: per-label table) on the fused grid, in the Dixon DICOM's intensity units."""
+    labels = paint(grid, body.parts)
+    xs, ys, zs = grid.axis_coordinates()
+    gain = (s0 * bias(xs[None, None, :], ys[None, :, None], zs[:, None, None])).astype(np.float32)
+    return {
+        "labels": labels,
+        "water": dixon.water.astype(np.float32)[labels] * gain,
+        "fat": dixon.fat.astype(np.float32)[labels] * gain,
+        "ff": dixon.ff.astype(np.float32)[labels],
+        "pdff": pdff.astype(np.float32)[labels],
+    }

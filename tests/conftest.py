@@ -1,0 +1,50 @@
+"""Shared fixtures: small synthetic cohorts generated once per test session."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cohortscale.config import AnomalyRates, SynthConfig, load_config
+from cohortscale.synth import synthesize
+
+NO_ANOMALIES = {f"anomalies.{f.name}": 0.0 for f in dataclasses.fields(AnomalyRates)}
+
+
+def make_config(**overrides: object) -> SynthConfig:
+    """A quarter-scale config with no anomalies unless asked, overridden with dotted keys."""
+    settings = {"scale": 0.25, "participants": 1, **NO_ANOMALIES, **overrides}
+    return load_config(SynthConfig, overrides=settings)
+
+
+@pytest.fixture(scope="session")
+def make_cohort(tmp_path_factory: pytest.TempPathFactory):
+    """Generate (once per session and settings) a cohort and return its directory."""
+    cache: dict[str, Path] = {}
+
+    def _make(name: str, **overrides: object) -> Path:
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name)
+            synthesize(make_config(**overrides), out, progress=False)
+            cache[name] = out
+        return cache[name]
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def clean_cohort(make_cohort) -> Path:
+    """Three participants, quarter scale, both multi-echo protocols, all with a repeat visit, no anomalies."""
+    return make_cohort(
+        "clean", participants=3, multiecho_fields="20254,20203", repeat_visit_rate=1.0, seed=7
+    )
+
+
+@pytest.fixture(scope="session")
+def noiseless_cohort(make_cohort) -> Path:
+    """One participant without noise or slab roll-off, for signal-model checks."""
+    return make_cohort(
+        "noiseless", dixon_snr=1e7, multiecho_snr=1e7, edge_rolloff=0.0, multiecho_fields="20254,20203"
+    )
