@@ -37,14 +37,17 @@ def make_cohort(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def clean_cohort(make_cohort) -> Path:
     """Three participants, quarter scale, both multi-echo protocols, all with a repeat visit, no anomalies."""
-    return make_cohort(
-        "clean", participants=3, multiecho_fields="20254,20203", repeat_visit_rate=1.0, seed=7
-    )
+    return make_cohort("clean", participants=3, multiecho_fields="20254,20203", repeat_visit_rate=1.0, seed=7)
 
 
 @pytest.fixture(scope="session")
 def noiseless_cohort(make_cohort) -> Path:
-    """One participant without noise or slab roll-off, for signal-model checks."""
+    """One half-scale participant without noise or slab roll-off, for signal-model checks."""
     return make_cohort(
-        "noiseless", dixon_snr=1e7, multiecho_snr=1e7, edge_rolloff=0.0, multiecho_fields="20254,20203"
+        "noiseless",
+        scale=0.5,
+        dixon_snr=1e7,
+        multiecho_snr=1e7,
+        edge_rolloff=0.0,
+        multiecho_fields="20254,20203",
     )

@@ -15,11 +15,16 @@ DEMO_SETTINGS: dict[str, object] = {
     "scale": 0.25,
     "workers": 2,
     "repeat_visit_rate": 0.25,
-    **{f"anomalies.{name}": 0.12 for name in ("duplicate_station", "missing_series", "swap_station", "ghost_slices", "corrupt_zip")},
+    **{
+        f"anomalies.{name}": 0.12
+        for name in ("duplicate_station", "missing_series", "swap_station", "ghost_slices", "corrupt_zip")
+    },
 }
 
 
-def _synth_config(config_file: str | None, overrides: dict[str, object], sets: tuple[str, ...]) -> SynthConfig:
+def _synth_config(
+    config_file: str | None, overrides: dict[str, object], sets: tuple[str, ...]
+) -> SynthConfig:
     base = load_config(SynthConfig, config_file, {k: v for k, v in overrides.items() if v is not None})
     return load_config(SynthConfig, overrides=list(sets), base=base)
 
@@ -39,7 +44,9 @@ def main() -> None:
 @click.option("--no-images", is_flag=True, help="Only phenotypes and model IDPs (fast, any cohort size).")
 @click.option("--multiecho", "multiecho", help="Multi-echo fields, e.g. 20254,20203.  [default: 20254]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML settings.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting, e.g. anomalies.corrupt_zip=0.5.")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting, e.g. anomalies.corrupt_zip=0.5."
+)
 def synth(
     out: str,
     participants: int | None,
@@ -67,7 +74,7 @@ def synth(
     _echo_summary(summary)
 
 
-def _echo_summary(summary) -> None:  # noqa: ANN001 - CohortSummary, imported lazily
+def _echo_summary(summary) -> None:
     click.echo(
         f"{summary.participants} participants, {summary.visits} imaging visits "
         f"({summary.generated} generated, {summary.skipped} already complete) in {summary.seconds:.1f} s"
@@ -88,7 +95,9 @@ def demo(out: str, sets: tuple[str, ...]) -> None:
     from cohortscale.report.synth_report import write_synth_report
     from cohortscale.synth import synthesize
 
-    config = load_config(SynthConfig, overrides=list(sets), base=load_config(SynthConfig, overrides=DEMO_SETTINGS))
+    config = load_config(
+        SynthConfig, overrides=list(sets), base=load_config(SynthConfig, overrides=DEMO_SETTINGS)
+    )
     summary = synthesize(config, out)
     _echo_summary(summary)
     report = write_synth_report(Path(out))

@@ -131,6 +131,11 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         return tuple(_convert(v, item_type, key) for v in value)
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{key}: expected a table, got {value!r}")
+        return {_convert(k, key_type, key): _convert(v, value_type, key) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() == "none"):

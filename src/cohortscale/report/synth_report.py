@@ -94,7 +94,12 @@ def _multiecho_figure(out: Path, eid: int, instance: int, path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.5))
     for ax, (name, cmap, unit) in zip(
         axes,
-        (("pdff", "magma", "fraction"), ("r2star", "viridis", "s⁻¹"), ("b0", "coolwarm", "Hz"), ("labels", "tab20", "")),
+        (
+            ("pdff", "magma", "fraction"),
+            ("r2star", "viridis", "s⁻¹"),
+            ("b0", "coolwarm", "Hz"),
+            ("labels", "tab20", ""),
+        ),
         strict=True,
     ):
         im = ax.imshow(np.asarray(group[name]), cmap=cmap, interpolation="nearest")
