@@ -152,3 +152,12 @@ def test_multiecho_series_layout(clean_cohort: Path, protocol) -> None:
     radians = np.pi * phase.pixels / 4096.0
     assert radians.min() >= -np.pi - 1e-6 and radians.max() <= np.pi
     assert radians.std() > 0.5  # phase wraps over the slice
+
+
+def test_configurable_echo_times(make_cohort) -> None:
+    times = (1.0e-3, 2.5e-3, 4.0e-3, 5.5e-3, 7.0e-3, 8.5e-3, 10.0e-3, 11.5e-3)
+    cohort = make_cohort("eight_echoes", ideal_echo_times_s=",".join(map(str, times)))
+    series = read_zip_series(sorted((cohort / "bulk").glob("*_20254_2_0.zip"))[0])
+    for s in series:
+        np.testing.assert_allclose(s.echo_times_s, times, atol=1e-9)
+        assert s.pixels.shape[0] == len(times)

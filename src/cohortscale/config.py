@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cohortscale.protocols import DixonAcquisition, Scanner
+import numpy as np
+
+from cohortscale.protocols import (
+    MULTIECHO_PROTOCOLS,
+    UKB_IDEAL_20254,
+    UKB_MULTIECHO_20203,
+    DixonAcquisition,
+    MultiEchoProtocol,
+    Scanner,
+)
 
 T = TypeVar("T")
 
@@ -70,6 +79,10 @@ class SynthConfig:
         Multi-echo SNR: muscle first-echo magnitude over the noise standard deviation.
     multiecho_fields : tuple of int
         Multi-echo protocols to write (20254 = 6-echo IDEAL; 20203 = 10-echo).
+    ideal_echo_times_s : tuple of float
+        Echo times of the 20254 protocol, s (default 6 echoes, 1.2 ms + 2.0 ms·n; unverified).
+    multiecho10_echo_times_s : tuple of float
+        Echo times of the 20203 protocol, s (default 10 echoes, 2.38 ms × n; unverified).
     coil_bias : float
         Peak relative amplitude of the smooth receive-coil bias field.
     edge_rolloff : float
@@ -92,6 +105,8 @@ class SynthConfig:
     dixon_snr: float = 40.0
     multiecho_snr: float = 40.0
     multiecho_fields: tuple[int, ...] = (20254,)
+    ideal_echo_times_s: tuple[float, ...] = UKB_IDEAL_20254.echo_times_s
+    multiecho10_echo_times_s: tuple[float, ...] = UKB_MULTIECHO_20203.echo_times_s
     coil_bias: float = 0.2
     edge_rolloff: float = 0.15
     b0_range_hz: float = 150.0
@@ -110,13 +125,20 @@ class SynthConfig:
         for name in ("dixon_snr", "multiecho_snr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        from cohortscale.protocols import MULTIECHO_PROTOCOLS
-
         unknown = set(self.multiecho_fields) - set(MULTIECHO_PROTOCOLS)
         if unknown:
             raise ValueError(
                 f"unknown multi-echo field(s) {sorted(unknown)}; known: {sorted(MULTIECHO_PROTOCOLS)}"
             )
+
+        for times in (self.ideal_echo_times_s, self.multiecho10_echo_times_s):
+            if len(times) < 2 or times[0] <= 0 or any(np.diff(times) <= 0):
+                raise ValueError(f"echo times must be positive and increasing, got {times}")
+
+    def multiecho_protocol(self, field_id: int) -> MultiEchoProtocol:
+        """The multi-echo protocol of ``field_id`` with this configuration's echo times."""
+        times = {UKB_IDEAL_20254.field: self.ideal_echo_times_s}.get(field_id, self.multiecho10_echo_times_s)
+        return dataclasses.replace(MULTIECHO_PROTOCOLS[field_id], echo_times_s=tuple(times))
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

@@ -26,7 +26,6 @@ from cohortscale.ops.fatwater import SPECTRA, multiecho_signal
 from cohortscale.protocols import (
     DIXON_CONTRASTS,
     DIXON_FIELD,
-    MULTIECHO_PROTOCOLS,
     MultiEchoProtocol,
     dixon_series_description,
     dixon_series_number,
@@ -226,7 +225,7 @@ def generate_visit(
     fgrid = fused_grid(slabs, config.scale)
     write_arrays(root.require_group("fused"), fused_truth(body, fgrid, tables, tissues.pdff, s0, bias), fgrid)
     for fld in config.multiecho_fields:
-        protocol = MULTIECHO_PROTOCOLS[fld]
+        protocol = config.multiecho_protocol(fld)
         grid = multiecho_grid(protocol, config.scale, float(body.landmarks[slice_level][2]))
         me_files, maps = _multiecho_series(
             body, grid, protocol, tissues, spectrum, frequency_hz, config, study, fields_rng, noise_rng
