@@ -20,11 +20,20 @@ effects are:
 - VBM PDFF rises with age (r ≈ 0.27 within sex) and VAT, falls with spine BMD and thigh muscle volume;
   T2D adds +2.4 (women) / +1.7 (men) points; marrow iron is lower with T2D.
 - Dixon VBM FF is not drawn: it is the fat fraction the 10° spoiled gradient echo measures for the
-  participant's PDFF and marrow-water T1 (:func:`cohortscale.synth.relaxation.dixon_fat_fraction`).
+  participant's PDFF and marrow-water T1 (:func:`cohortscale.synth.relaxation.dixon_fat_fraction`). T1 is
+  a normal truncated to 0.4–1.2 s whose location rises slightly with PDFF.
 - Thigh muscle volume (TMV) falls ~4–5 % per decade and scales with height, BMI and sex; DXA leg lean mass
   is TMV plus measurement scatter (r ≈ 0.94); grip follows muscle, age, sex, a frailty factor and the
   posterior/anterior (P/A) thigh ratio, whose top tertile carries higher odds of weak grip, sarcopenia,
   death and falls.
+
+Known departures from the published figures, both forced by the constraints themselves:
+
+- corr(VBM PDFF, VBM FF) is ≈ 0.90 (women) / 0.91 (men), not 0.88: with T1 confined to 0.4–1.2 s, T1
+  cannot add enough PDFF-independent variance to reach the published FF SD at r = 0.88, so the T1
+  location is coupled to PDFF to keep the FF SD within 2–4 % of the target.
+- weak grip is ≈ 9 %, not 10–13 %: with the published mean and SD, a unimodal grip distribution cannot put
+  much more than 10 % of participants 1.3–1.4 SD below the mean (the EWGSOP2 cut-offs).
 
 Field ids follow ``shared/UKB.md``. Choices of this module that are NOT confirmed from a source
 (unverified; all are module constants so callers can remap them):
@@ -44,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import special
+from scipy import optimize, special
 
 from cohortscale.synth.relaxation import dixon_fat_fraction
 
@@ -83,6 +92,33 @@ G_PER_KG = 1000.0
 
 #: Field chosen for the L1–L4 BMD T-score (unverified; next to 23226, L1–L4 BMD).
 FIELD_SPINE_TSCORE = 23227
+
+#: Special answers of categorical fields: do not know, prefer not to answer, none of the above.
+DO_NOT_KNOW, PREFER_NOT, NONE_OF_ABOVE = -1, -3, -7
+#: Field 20116 (smoking status) code of a current smoker.
+SMOKING_CURRENT = 2
+#: Field 2296 (falls in the last year): no falls, only one fall, more than one fall.
+FALLS_NONE, FALLS_ONE, FALLS_MORE = 1, 2, 3
+#: Field 2306 (weight change in the last year): about the same, gained, lost.
+WEIGHT_SAME, WEIGHT_GAINED, WEIGHT_LOST = 0, 2, 3
+#: Field 2080 (tiredness in the last 2 weeks): not at all, several days, more than half, nearly every day.
+TIRED_NEVER, TIRED_SEVERAL, TIRED_MOST, TIRED_DAILY = 1, 2, 3, 4
+#: Field 924 (usual walking pace): slow, steady/average, brisk.
+PACE_SLOW, PACE_STEADY, PACE_BRISK = 1, 2, 3
+#: Field 6159 (pain in the last month): codes other than back pain, back pain, pain all over the body.
+PAIN_OTHER_CODES: tuple[int, ...] = (1, 2, 3, 5, 6, 7)
+PAIN_BACK, PAIN_ALL_OVER = 4, 8
+#: Field 6164 (physical activity in the last 4 weeks): codes 1–5; 4 is light DIY.
+ACTIVITY_CODES: tuple[int, ...] = (1, 2, 3, 4, 5)
+ACTIVITY_LIGHT_DIY = 4
+#: Fields 6177 / 6153 (medication): cholesterol, blood pressure, insulin, HRT, contraceptive pill.
+MED_CHOLESTEROL, MED_BLOOD_PRESSURE, MED_INSULIN, MED_HRT, MED_PILL = 1, 2, 3, 4, 5
+#: Answers of field 6177 (asked of men) per participant.
+MEN_MEDICATION_ARRAYS = 3
+#: ICD-10 codes of back pain, type-1 diabetes, hypertension, hypercholesterolaemia.
+ICD_BACK_PAIN, ICD_TYPE1, ICD_HYPERTENSION, ICD_CHOLESTEROL = "M545", "E109", "I10", "E780"
+#: Decimals written for BMI (21001) and AMRA volumes (22407–22409, litres).
+BMI_DECIMALS, VOLUME_DECIMALS = 4, 4
 
 #: Target IDP columns returned by :func:`truth_idps` (index ``eid``).
 TRUTH_IDP_COLUMNS: tuple[str, ...] = (
@@ -272,7 +308,7 @@ class ObservationModel:
     pain_all_over: float = 0.01
     """Rate of code 8 (pain all over the body), which excludes other answers."""
     activity_type_rates: tuple[float, ...] = (0.72, 0.45, 0.10, 0.55, 0.30)
-    """Rates of activity types 1 (walking), 2 (other exercise), 3 (strenuous), 4 (light DIY), 5 (heavy DIY)."""
+    """Rates of activity types 1 walking, 2 other exercise, 3 strenuous, 4 light DIY, 5 heavy DIY."""
     low_activity_none: float = 0.6
     """Share of low-activity participants answering −7 (none) rather than light DIY only."""
     weight_gain_rate: float = 0.25
@@ -305,8 +341,10 @@ class GenerativeModel:
     """Mean age at the imaging visit, years (STUDIES.md §1)."""
     age_sd_y: tuple[float, float] = (7.5, 7.8)
     """SD of age at the imaging visit, years."""
-    age_truncation_sd: float = 2.5
-    """Ages are a normal truncated at ± this many SD, then rescaled to the target mean and SD."""
+    age_range_y: tuple[float, float] = (45.0, 82.0)
+    """Range of age at imaging; age is a normal truncated to it with the target mean and SD."""
+    recruitment_age_range_y: tuple[float, float] = (40.0, 70.0)
+    """Age range at the baseline visit; imaging and baseline dates are drawn to respect it."""
     imaging_start: str = "2014-05-01"
     """First imaging visit date."""
     imaging_end: str = "2020-03-15"
@@ -456,13 +494,13 @@ class GenerativeModel:
     """Mean total thigh muscle volume (both legs), cm³ (STUDIES.md §2); sets the centre of ln TMV."""
     tmv_sd_cm3: tuple[float, float] = (1076.0, 1690.0)
     """SD of TMV, cm³; sets the centre of ln TMV."""
-    tmv_height: float = 2.0
+    tmv_height: float = 2.8
     """Elasticity of TMV to height."""
     tmv_bmi: float = 0.4
     """Elasticity of TMV to BMI."""
-    tmv_age: float = -0.0045
-    """Change of ln TMV per year of age (≈ −4.5 % per decade)."""
-    tmv_resid_log_sd: tuple[float, float] = (0.089, 0.111)
+    tmv_age: float = -0.0028
+    """Change of ln TMV per year of age (≈ −4.7 % per decade with the height decline)."""
+    tmv_resid_log_sd: tuple[float, float] = (0.0635, 0.0867)
     """SD of the latent muscularity term of ln TMV."""
     muscle_fitness: float = 0.3
     """Correlation of the latent muscularity with the latent fitness score."""
@@ -480,7 +518,7 @@ class GenerativeModel:
     """Mean (left − right)/mean thigh muscle volume (right-dominant majority)."""
     thigh_asymmetry_sd: float = 0.03
     """SD of the thigh asymmetry."""
-    lean_legs_per_tmv: tuple[float, float] = (1.75, 1.75)
+    lean_legs_per_tmv: tuple[float, float] = (1.8, 1.8)
     """DXA leg lean mass per litre of TMV, kg/L."""
     lean_legs_log_sd: float = 0.089
     """SD of ln(leg lean / TMV) scatter (sets corr(TMV, leg lean) ≈ 0.936)."""
@@ -504,14 +542,14 @@ class GenerativeModel:
     """Grip per unit ln TMV (muscle), kg."""
     grip_age: tuple[float, float] = (-0.2, -0.35)
     """Direct grip change per year of age (on top of muscle loss), kg."""
-    grip_pa: tuple[float, float] = (-0.6, -0.9)
+    grip_pa: tuple[float, float] = (-0.75, -1.1)
     """Grip change per SD of the P/A ratio, kg."""
     grip_frailty: tuple[float, float] = (-0.8, -1.2)
     """Grip change per unit of the latent frailty score, kg."""
-    grip_resid_sd: tuple[float, float] = (5.0, 7.0)
+    grip_resid_sd: tuple[float, float] = (4.83, 6.5)
     """Residual SD of grip (left-skewed), kg."""
-    grip_skew_log_sd: float = 0.35
-    """Log-SD of the mirrored log-normal grip residual (larger: longer left tail)."""
+    grip_skew: float = -6.0
+    """Skew-normal shape of the grip residual (negative: a left tail, more weak grips)."""
     grip_hand_difference_sd: tuple[float, float] = (2.0, 3.0)
     """Scale of the half-normal gap between the strong and the weak hand, kg."""
     grip_right_dominant: float = 0.75
@@ -536,13 +574,13 @@ class GenerativeModel:
     """Young-adult reference SD of L1–L4 BMD, g/cm² (unverified)."""
     tscore_osteoporosis: float = -2.5
     """T-score at or below which osteoporosis is densitometric (WHO)."""
-    clinical_osteoporosis_intercept: tuple[float, float] = (-4.0, -5.5)
+    clinical_osteoporosis_intercept: tuple[float, float] = (-3.8, -5.3)
     """Log-odds of a clinical (hospital-recorded) osteoporosis diagnosis at T-score 0."""
     clinical_osteoporosis_tscore: float = -1.0
     """Log-odds of a clinical diagnosis per unit T-score."""
 
     # -- disease --------------------------------------------------------------------------------------
-    t2d_intercept: tuple[float, float] = (-3.6, -3.0)
+    t2d_intercept: tuple[float, float] = (-3.52, -2.92)
     """Log-odds of T2D at the centre of ln VAT and the mean age."""
     t2d_vat: float = 1.6
     """Log-odds of T2D per unit ln VAT."""
@@ -550,7 +588,7 @@ class GenerativeModel:
     """Log-odds of T2D per year of age."""
     t2d_townsend: float = 0.15
     """Log-odds of T2D per SD of the Townsend latent score."""
-    back_pain_intercept: float = -1.55
+    back_pain_intercept: float = -1.65
     """Log-odds of back pain for a typical man."""
     back_pain_female: float = 0.25
     """Log-odds of back pain for women."""
@@ -570,9 +608,9 @@ class GenerativeModel:
     """Latent frailty per kg/m² of BMI."""
     frailty_fitness: float = -0.4
     """Latent frailty per SD of latent fitness."""
-    frailty_indicator_intercepts: tuple[float, float, float, float] = (-1.25, -1.6, -1.85, -1.7)
+    frailty_indicator_intercepts: tuple[float, float, float, float] = (-1.24, -1.58, -1.75, -1.70)
     """Probit intercepts of weight loss, exhaustion, low activity, slow walking pace."""
-    frailty_indicator_loadings: tuple[float, float, float, float] = (0.35, 0.7, 0.7, 0.75)
+    frailty_indicator_loadings: tuple[float, float, float, float] = (0.3, 0.4, 0.4, 0.45)
     """Probit loadings of the four indicators on the latent frailty score."""
     frailty_min_indicators: int = 3
     """Frail at this many of the five Fried indicators (pre-frail at 1 to this minus one)."""
@@ -590,7 +628,7 @@ class GenerativeModel:
     """Log-odds of a fall per SD of the P/A ratio."""
     falls_recurrent: float = 0.38
     """Share of fallers reporting more than one fall (2296 code 3)."""
-    death_rate_per_y: float = 0.0042
+    death_rate_per_y: float = 0.003
     """Baseline mortality hazard of a typical woman, per year."""
     death_age: float = 0.09
     """Log-hazard of death per year of age."""
@@ -618,7 +656,7 @@ class GenerativeModel:
     """VBM PDFF per unit ln TMV, percentage points."""
     vbm_pdff_t2d: tuple[float, float] = (2.4, 1.7)
     """VBM PDFF with T2D, percentage points (STUDIES.md §1)."""
-    vbm_pdff_resid_sd: tuple[float, float] = (7.9, 7.8)
+    vbm_pdff_resid_sd: tuple[float, float] = (8.43, 8.06)
     """Residual SD of VBM PDFF, percentage points."""
     vbm_pdff_range: tuple[float, float] = (5.0, 90.0)
     """Clip of VBM PDFF, %."""
@@ -626,7 +664,7 @@ class GenerativeModel:
     """Location of marrow-water T1 (a normal truncated to ``marrow_t1_range``) at the PDFF centre, s."""
     marrow_t1_scale_s: tuple[float, float] = (0.70, 0.45)
     """Scale of the truncated normal of marrow-water T1, s."""
-    marrow_t1_pdff: float = 0.022
+    marrow_t1_pdff: float = 0.012
     """Shift of the T1 location per point of VBM PDFF, s (fattier marrow, longer water T1)."""
     marrow_t1_range: tuple[float, float] = (0.4, 1.2)
     """Support of marrow-water T1, s."""
@@ -708,12 +746,26 @@ def _lognormal(mean: tuple[float, float], sd: tuple[float, float]) -> tuple[np.n
     return np.log(mean_a) - sigma**2 / 2.0, sigma
 
 
-def _truncated_standard_normal(rng: np.random.Generator, n: int, bound: float) -> np.ndarray:
-    """Normal truncated at ±bound, rescaled to mean 0 and SD 1 (exact moments)."""
-    lo, hi = special.ndtr(-bound), special.ndtr(bound)
-    z = special.ndtri(lo + (hi - lo) * rng.random(n))
-    density = np.exp(-(bound**2) / 2.0) / np.sqrt(2.0 * np.pi)
-    return z / np.sqrt(1.0 - 2.0 * bound * density / (hi - lo))
+def _truncnorm_moments(loc: float, scale: float, lower: float, upper: float) -> tuple[float, float]:
+    """Mean and SD of Normal(loc, scale) truncated to [lower, upper]."""
+    a, b = (lower - loc) / scale, (upper - loc) / scale
+    z = special.ndtr(b) - special.ndtr(a)
+    pa, pb = np.exp(-(a**2) / 2.0) / np.sqrt(2.0 * np.pi), np.exp(-(b**2) / 2.0) / np.sqrt(2.0 * np.pi)
+    shift = (pa - pb) / z
+    var = 1.0 + (a * pa - b * pb) / z - shift**2
+    return loc + scale * shift, scale * np.sqrt(var)
+
+
+def _truncnorm_for_moments(mean: float, sd: float, lower: float, upper: float) -> tuple[float, float]:
+    """(loc, scale) of the normal that, truncated to [lower, upper], has the given mean and SD."""
+
+    def residual(params: np.ndarray) -> list[float]:
+        got_mean, got_sd = _truncnorm_moments(params[0], np.exp(params[1]), lower, upper)
+        return [got_mean - mean, np.log(got_sd / sd)]
+
+    solution = optimize.fsolve(residual, x0=[mean, np.log(sd)], full_output=True)
+    loc, log_scale = solution[0]
+    return float(loc), float(np.exp(log_scale))
 
 
 def _truncated_normal(
@@ -725,11 +777,11 @@ def _truncated_normal(
     return np.clip(loc + scale * special.ndtri(u), lower, upper)
 
 
-def _standard_left_skewed(rng: np.random.Generator, n: int, log_sd: float) -> np.ndarray:
-    """Mirrored log-normal draws standardised to mean 0 and SD 1 (a long left tail)."""
-    mean = np.exp(log_sd**2 / 2.0)
-    sd = np.sqrt(np.expm1(log_sd**2)) * mean
-    return -(np.exp(log_sd * rng.standard_normal(n)) - mean) / sd
+def _standard_skew_normal(rng: np.random.Generator, n: int, shape: float) -> np.ndarray:
+    """Skew-normal draws (shape α; α < 0 gives a left tail) standardised to mean 0 and SD 1."""
+    delta = shape / np.sqrt(1.0 + shape**2)
+    x = delta * np.abs(rng.standard_normal(n)) + np.sqrt(1.0 - delta**2) * rng.standard_normal(n)
+    return (x - delta * np.sqrt(2.0 / np.pi)) / np.sqrt(1.0 - 2.0 * delta**2 / np.pi)
 
 
 def _ordered(latent: np.ndarray, probabilities: tuple[float, ...]) -> np.ndarray:
@@ -753,8 +805,8 @@ def _timestamps(days: np.ndarray) -> np.ndarray:
 
 
 def _day_numbers(values: pd.Series) -> np.ndarray:
-    """Float day numbers of a datetime column (NaT → NaN)."""
-    arr = values.to_numpy(dtype="datetime64[ns]")
+    """Float day numbers of a datetime (or ISO-date string) column (NaT → NaN)."""
+    arr = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
     out = arr.astype("datetime64[D]").astype(np.int64).astype(float)
     out[np.isnat(arr)] = np.nan
     return out
@@ -834,13 +886,29 @@ def simulate_population(
     # demographics ------------------------------------------------------------------------------------
     rng = _rng(seed, "demographics")
     sex = (rng.random(n) < m.male_fraction).astype(np.int64)
-    age_c = _pair(m.age_sd_y, sex) * _truncated_standard_normal(rng, n, m.age_truncation_sd)
-    age = _pair(m.age_mean_y, sex) + age_c
+    loc, scale = zip(
+        *(
+            _truncnorm_for_moments(mu, sd, *m.age_range_y)
+            for mu, sd in zip(m.age_mean_y, m.age_sd_y, strict=True)
+        ),
+        strict=True,
+    )
+    age = _truncated_normal(rng, _pair(loc, sex), _pair(scale, sex), *m.age_range_y)
+    age_c = age - _pair(m.age_mean_y, sex)
     centre = rng.choice(np.asarray(m.centre_codes), size=n, p=np.asarray(m.centre_probabilities))
+    # imaging date: Beta over the imaging period, redrawn uniformly inside the window that lets the
+    # participant have been recruitment age at some baseline date; then baseline inside that window
     t0, t1 = _days(m.imaging_start), _days(m.imaging_end)
-    imaging = np.floor(t0 + (t1 - t0) * rng.beta(*m.imaging_date_beta, size=n))
     b0, b1 = _days(m.baseline_start), _days(m.baseline_end)
-    baseline = np.floor(b0 + (b1 - b0) * rng.random(n))
+    youngest, oldest = m.recruitment_age_range_y
+    lo = np.maximum(t0, b0 + (age - oldest) * DAYS_PER_YEAR)
+    hi = np.minimum(t1, b1 + (age - youngest) * DAYS_PER_YEAR)
+    imaging = t0 + (t1 - t0) * rng.beta(*m.imaging_date_beta, size=n)
+    outside = (imaging < lo) | (imaging > hi)
+    imaging = np.floor(np.where(outside, lo + (hi - lo) * rng.random(n), imaging))
+    lo = np.maximum(b0, imaging - (age - youngest) * DAYS_PER_YEAR)
+    hi = np.minimum(b1, imaging - (age - oldest) * DAYS_PER_YEAR)
+    baseline = np.floor(lo + (hi - lo) * rng.random(n))
     birth = np.floor(imaging - age * DAYS_PER_YEAR)
     eth_p = np.asarray(m.ethnicity_probabilities)
     ethnicity = rng.choice(np.asarray(m.ethnicity_codes), size=n, p=eth_p / eth_p.sum())
@@ -857,7 +925,8 @@ def simulate_population(
     alcohol = 1 + _ordered(rng.standard_normal(n) - m.alcohol_male * sex, m.alcohol_probabilities)
     z_fit = rng.standard_normal(n)
     igf1 = np.clip(
-        _pair(m.igf1_mean_nmol_l, sex) + m.igf1_age * age_c
+        _pair(m.igf1_mean_nmol_l, sex)
+        + m.igf1_age * age_c
         + _pair(m.igf1_resid_sd, sex) * rng.standard_normal(n),
         *m.igf1_range,
     )
@@ -865,13 +934,16 @@ def simulate_population(
     # anthropometry ------------------------------------------------------------------------------------
     rng = _rng(seed, "anthropometry")
     height = (
-        _pair(m.height_mean_cm, sex) + m.height_age * age_c
+        _pair(m.height_mean_cm, sex)
+        + m.height_age * age_c
         + _pair(m.height_resid_sd_cm, sex) * rng.standard_normal(n)
     )
     z_height = (height - _pair(m.height_mean_cm, sex)) / _pair(m.height_sd_cm, sex)
     bmi_mu, _ = _lognormal(m.bmi_mean, m.bmi_sd)
     log_bmi = (
-        bmi_mu[sex] + _pair(m.bmi_height, sex) * z_height + m.bmi_townsend * z_town
+        bmi_mu[sex]
+        + _pair(m.bmi_height, sex) * z_height
+        + m.bmi_townsend * z_town
         + _pair(m.bmi_resid_log_sd, sex) * rng.standard_normal(n)
     )
     bmi = np.clip(np.exp(log_bmi), *m.bmi_range)
@@ -879,11 +951,14 @@ def simulate_population(
     bmi_c = bmi - _pair(m.bmi_mean, sex)
     weight = bmi * (height / CM_PER_M) ** 2
     waist = (
-        _pair(m.waist_mean_cm, sex) + _pair(m.waist_bmi, sex) * bmi_c + m.waist_age * age_c
+        _pair(m.waist_mean_cm, sex)
+        + _pair(m.waist_bmi, sex) * bmi_c
+        + m.waist_age * age_c
         + _pair(m.waist_resid_sd_cm, sex) * rng.standard_normal(n)
     )
     hip = (
-        _pair(m.hip_mean_cm, sex) + _pair(m.hip_bmi, sex) * bmi_c
+        _pair(m.hip_mean_cm, sex)
+        + _pair(m.hip_bmi, sex) * bmi_c
         + _pair(m.hip_resid_sd_cm, sex) * rng.standard_normal(n)
     )
 
@@ -891,29 +966,32 @@ def simulate_population(
     rng = _rng(seed, "adipose")
     vat_mu, _ = _lognormal(m.vat_mean_l, m.vat_sd_l)
     log_vat_c = (
-        m.vat_bmi * log_bmi_c + _pair(m.vat_age, sex) * age_c
+        m.vat_bmi * log_bmi_c
+        + _pair(m.vat_age, sex) * age_c
         + _pair(m.vat_resid_log_sd, sex) * rng.standard_normal(n)
     )
     vat = np.exp(vat_mu[sex] + log_vat_c)
     asat_mu, _ = _lognormal(m.asat_mean_l, m.asat_sd_l)
     asat = np.exp(
-        asat_mu[sex] + _pair(m.asat_bmi, sex) * log_bmi_c
+        asat_mu[sex]
+        + _pair(m.asat_bmi, sex) * log_bmi_c
         + _pair(m.asat_resid_log_sd, sex) * rng.standard_normal(n)
     )
 
     # type-2 diabetes ----------------------------------------------------------------------------------
     rng = _rng(seed, "t2d")
     t2d_logit = (
-        _pair(m.t2d_intercept, sex) + m.t2d_vat * log_vat_c + m.t2d_age * age_c
-        + m.t2d_townsend * z_town
+        _pair(m.t2d_intercept, sex) + m.t2d_vat * log_vat_c + m.t2d_age * age_c + m.t2d_townsend * z_town
     )
     t2d = rng.random(n) < special.expit(t2d_logit)
 
     # liver and muscle fat ---------------------------------------------------------------------------
     rng = _rng(seed, "liver")
     liver_pdff = np.clip(
-        _pair(m.liver_pdff_median_pct, sex) * np.exp(
-            m.liver_pdff_vat * log_vat_c + m.liver_pdff_t2d * t2d
+        _pair(m.liver_pdff_median_pct, sex)
+        * np.exp(
+            m.liver_pdff_vat * log_vat_c
+            + m.liver_pdff_t2d * t2d
             + _pair(m.liver_pdff_resid_log_sd, sex) * rng.standard_normal(n)
         ),
         *m.liver_pdff_range,
@@ -923,7 +1001,9 @@ def simulate_population(
         *m.liver_r2star_range,
     )
     mfi = np.clip(
-        _pair(m.mfi_mean_pct, sex) + m.mfi_age * age_c + m.mfi_bmi * bmi_c
+        _pair(m.mfi_mean_pct, sex)
+        + m.mfi_age * age_c
+        + m.mfi_bmi * bmi_c
         + _pair(m.mfi_resid_sd, sex) * rng.standard_normal(n),
         *m.mfi_range,
     )
@@ -933,8 +1013,10 @@ def simulate_population(
     tmv_mu, _ = _lognormal(m.tmv_mean_cm3, m.tmv_sd_cm3)
     z_muscle = m.muscle_fitness * z_fit + np.sqrt(1.0 - m.muscle_fitness**2) * rng.standard_normal(n)
     log_tmv_c = (
-        m.tmv_height * np.log(height / _pair(m.height_mean_cm, sex)) + m.tmv_bmi * log_bmi_c
-        + m.tmv_age * age_c + _pair(m.tmv_resid_log_sd, sex) * z_muscle
+        m.tmv_height * np.log(height / _pair(m.height_mean_cm, sex))
+        + m.tmv_bmi * log_bmi_c
+        + m.tmv_age * age_c
+        + _pair(m.tmv_resid_log_sd, sex) * z_muscle
     )
     tmv = np.exp(tmv_mu[sex] + log_tmv_c)
     asymmetry = m.thigh_asymmetry_mean + m.thigh_asymmetry_sd * rng.standard_normal(n)
@@ -944,16 +1026,16 @@ def simulate_population(
     )
     z_pa = (pa_ratio - m.pa_ratio_mean) / m.pa_ratio_sd
     lean_legs = (
-        _pair(m.lean_legs_per_tmv, sex) * tmv / CM3_PER_L
+        _pair(m.lean_legs_per_tmv, sex)
+        * tmv
+        / CM3_PER_L
         * np.exp(m.lean_legs_log_sd * rng.standard_normal(n))
     )
     lean_arms = (
-        _pair(m.lean_arms_per_legs, sex) * lean_legs
-        * np.exp(m.lean_arms_log_sd * rng.standard_normal(n))
+        _pair(m.lean_arms_per_legs, sex) * lean_legs * np.exp(m.lean_arms_log_sd * rng.standard_normal(n))
     )
     lean_trunk = (
-        _pair(m.lean_trunk_per_legs, sex) * lean_legs
-        * np.exp(m.lean_trunk_log_sd * rng.standard_normal(n))
+        _pair(m.lean_trunk_per_legs, sex) * lean_legs * np.exp(m.lean_trunk_log_sd * rng.standard_normal(n))
     )
     lean_total = lean_arms + lean_legs + lean_trunk + _pair(m.lean_head_kg, sex)
     alm = lean_arms + lean_legs
@@ -963,7 +1045,9 @@ def simulate_population(
     rng = _rng(seed, "bone")
     bmd = np.round(
         np.clip(
-            _pair(m.bmd_center, sex) + _pair(m.bmd_age, sex) * age_c + _pair(m.bmd_bmi, sex) * bmi_c
+            _pair(m.bmd_center, sex)
+            + _pair(m.bmd_age, sex) * age_c
+            + _pair(m.bmd_bmi, sex) * bmi_c
             + _pair(m.bmd_resid_sd, sex) * rng.standard_normal(n),
             *m.bmd_range,
         ),
@@ -978,8 +1062,11 @@ def simulate_population(
     # frailty, activity, grip -------------------------------------------------------------------------
     rng = _rng(seed, "frailty")
     z_frail = (
-        m.frailty_age * age_c + m.frailty_townsend * z_town + m.frailty_bmi * bmi_c
-        + m.frailty_fitness * z_fit + rng.standard_normal(n)
+        m.frailty_age * age_c
+        + m.frailty_townsend * z_town
+        + m.frailty_bmi * bmi_c
+        + m.frailty_fitness * z_fit
+        + rng.standard_normal(n)
     )
     indicators = [
         a + lam * z_frail + rng.standard_normal(n) > 0.0
@@ -1003,7 +1090,7 @@ def simulate_population(
         + _pair(m.grip_age, sex) * age_c
         + _pair(m.grip_pa, sex) * z_pa
         + _pair(m.grip_frailty, sex) * z_frail
-        + _pair(m.grip_resid_sd, sex) * _standard_left_skewed(rng, n, m.grip_skew_log_sd),
+        + _pair(m.grip_resid_sd, sex) * _standard_skew_normal(rng, n, m.grip_skew),
         0.0,
     )
     grip_gap = np.abs(_pair(m.grip_hand_difference_sd, sex) * rng.standard_normal(n))
@@ -1014,28 +1101,38 @@ def simulate_population(
     grip_left = np.where(right_strong, grip_other, grip_best)
     low_grip = grip_best < _pair(m.low_grip_kg, sex)
     low_muscle = almi < _pair(m.low_almi_kg_m2, sex)
-    frailty_count = (
-        weight_loss.astype(int) + exhaustion + low_activity + slow_walking + low_grip
-    ).astype(np.int64)
+    frailty_count = (weight_loss.astype(int) + exhaustion + low_activity + slow_walking + low_grip).astype(
+        np.int64
+    )
     frail = frailty_count >= m.frailty_min_indicators
     prefrail = (frailty_count >= 1) & ~frail
 
     back_pain = rng.random(n) < special.expit(
-        m.back_pain_intercept + m.back_pain_female * (sex == FEMALE) + m.back_pain_bmi * bmi_c
-        + m.back_pain_smoking * (smoking == 2) + m.back_pain_frailty * z_frail
+        m.back_pain_intercept
+        + m.back_pain_female * (sex == FEMALE)
+        + m.back_pain_bmi * bmi_c
+        + m.back_pain_smoking * (smoking == SMOKING_CURRENT)
+        + m.back_pain_frailty * z_frail
     )
 
     # falls and deaths -------------------------------------------------------------------------------
     rng = _rng(seed, "outcomes")
     fell = rng.random(n) < special.expit(
-        m.falls_intercept + m.falls_age * age_c + m.falls_female * (sex == FEMALE)
-        + m.falls_frailty * z_frail + m.falls_pa * z_pa
+        m.falls_intercept
+        + m.falls_age * age_c
+        + m.falls_female * (sex == FEMALE)
+        + m.falls_frailty * z_frail
+        + m.falls_pa * z_pa
     )
     recurrent = rng.random(n) < m.falls_recurrent
-    falls = np.where(fell, np.where(recurrent, 3, 2), 1)
+    falls = np.where(fell, np.where(recurrent, FALLS_MORE, FALLS_ONE), FALLS_NONE)
     hazard = m.death_rate_per_y * np.exp(
-        m.death_age * age_c + m.death_male * sex + m.death_pa * z_pa + m.death_frailty * z_frail
-        + m.death_smoking * (smoking == 2) + m.death_t2d * t2d
+        m.death_age * age_c
+        + m.death_male * sex
+        + m.death_pa * z_pa
+        + m.death_frailty * z_frail
+        + m.death_smoking * (smoking == SMOKING_CURRENT)
+        + m.death_t2d * t2d
     )
     death_day = imaging + np.floor(rng.exponential(size=n) / hazard * DAYS_PER_YEAR) + 1.0
     died = death_day <= _days(m.followup_end)
@@ -1044,16 +1141,18 @@ def simulate_population(
     # bone marrow --------------------------------------------------------------------------------------
     rng = _rng(seed, "marrow")
     vbm_pdff = np.clip(
-        _pair(m.vbm_pdff_center, sex) + _pair(m.vbm_pdff_age, sex) * age_c
-        + m.vbm_pdff_vat * log_vat_c + m.vbm_pdff_bmd * (bmd - _pair(m.bmd_center, sex))
-        + m.vbm_pdff_tmv * (np.log(tmv) - tmv_mu[sex]) + _pair(m.vbm_pdff_t2d, sex) * t2d
+        _pair(m.vbm_pdff_center, sex)
+        + _pair(m.vbm_pdff_age, sex) * age_c
+        + m.vbm_pdff_vat * log_vat_c
+        + m.vbm_pdff_bmd * (bmd - _pair(m.bmd_center, sex))
+        + m.vbm_pdff_tmv * (np.log(tmv) - tmv_mu[sex])
+        + _pair(m.vbm_pdff_t2d, sex) * t2d
         + _pair(m.vbm_pdff_resid_sd, sex) * rng.standard_normal(n),
         *m.vbm_pdff_range,
     )
     t1_water = _truncated_normal(
         rng,
-        _pair(m.marrow_t1_loc_s, sex)
-        + m.marrow_t1_pdff * (vbm_pdff - _pair(m.vbm_pdff_center, sex)),
+        _pair(m.marrow_t1_loc_s, sex) + m.marrow_t1_pdff * (vbm_pdff - _pair(m.vbm_pdff_center, sex)),
         _pair(m.marrow_t1_scale_s, sex),
         *m.marrow_t1_range,
     )
@@ -1063,14 +1162,18 @@ def simulate_population(
     iron_mu, _ = _lognormal(m.vbm_iron_mean, m.vbm_iron_sd)
     vbm_iron = np.clip(
         np.exp(
-            iron_mu[sex] + m.vbm_iron_t2d * t2d + _pair(m.vbm_iron_age, sex) * age_c
+            iron_mu[sex]
+            + m.vbm_iron_t2d * t2d
+            + _pair(m.vbm_iron_age, sex) * age_c
             + _pair(m.vbm_iron_resid_log_sd, sex) * rng.standard_normal(n)
         ),
         *m.iron_range,
     )
     femur_pdff = np.clip(
-        m.femur_pdff_center + m.femur_pdff_vbm * (vbm_pdff - _pair(m.vbm_pdff_center, sex))
-        + m.femur_pdff_age * age_c + m.femur_pdff_resid_sd * rng.standard_normal(n),
+        m.femur_pdff_center
+        + m.femur_pdff_vbm * (vbm_pdff - _pair(m.vbm_pdff_center, sex))
+        + m.femur_pdff_age * age_c
+        + m.femur_pdff_resid_sd * rng.standard_normal(n),
         *m.femur_pdff_range,
     )
 
@@ -1090,9 +1193,11 @@ def simulate_population(
     r_weight = weight * np.exp(
         m.repeat_weight_trend * interval + m.repeat_weight_log_sd * rng.standard_normal(n)
     )
-    r_grip_true = grip_true + (
-        _pair(m.grip_age, sex) + _pair(m.grip_tmv, sex) * m.tmv_age
-    ) * interval + m.repeat_grip_sd_kg * rng.standard_normal(n)
+    r_grip_true = (
+        grip_true
+        + (_pair(m.grip_age, sex) + _pair(m.grip_tmv, sex) * m.tmv_age) * interval
+        + m.repeat_grip_sd_kg * rng.standard_normal(n)
+    )
     r_best = np.maximum(np.round(r_grip_true), 0.0)
     r_other = np.maximum(np.round(r_grip_true - grip_gap), 0.0)
 
@@ -1198,9 +1303,7 @@ def _col(field_id: int, instance: int, array: int = 0) -> str:
     return f"{field_id}-{instance}.{array}"
 
 
-def _special(
-    values: np.ndarray, rng: np.random.Generator, rates: dict[int, float]
-) -> np.ndarray:
+def _special(values: np.ndarray, rng: np.random.Generator, rates: dict[int, float]) -> np.ndarray:
     """Replace answers by special negative codes at the given rates (one draw per participant)."""
     out = values.astype(float).copy()
     u = rng.random(len(values))
@@ -1222,15 +1325,13 @@ def _int_column(values: np.ndarray) -> pd.Series:
     return pd.Series(values, dtype="float64").astype("Int64")
 
 
-def _pack(
-    n: int, rows: np.ndarray, values: np.ndarray, order: np.ndarray | None = None
-) -> np.ndarray:
+def _pack(n: int, rows: np.ndarray, values: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """Pack (participant row, value) pairs into an (n, width) array of arrays, ordered by ``order``."""
     key = order if order is not None else np.zeros(len(rows))
     idx = np.lexsort((key, rows))
     rows, values = rows[idx], values[idx]
     counts = np.bincount(rows, minlength=n)
-    width = int(counts.max()) if len(rows) else 0
+    width = max(int(counts.max()) if len(rows) else 0, 1)  # a field always has array 0
     starts = np.cumsum(counts) - counts
     pos = np.arange(len(rows)) - starts[rows]
     fill = None if values.dtype == object else np.nan
@@ -1239,17 +1340,13 @@ def _pack(
     return out
 
 
-def _array_columns(
-    cols: dict, field_id: int, instance: int, packed: np.ndarray, as_int: bool = True
-) -> None:
+def _array_columns(cols: dict, field_id: int, instance: int, packed: np.ndarray, as_int: bool = True) -> None:
     for k in range(packed.shape[1]):
         values = packed[:, k]
         cols[_col(field_id, instance, k)] = _int_column(values) if as_int else values
 
 
-def to_ukbconv(
-    population: pd.DataFrame, seed: int, model: GenerativeModel = DEFAULT_MODEL
-) -> pd.DataFrame:
+def to_ukbconv(population: pd.DataFrame, seed: int, model: GenerativeModel = DEFAULT_MODEL) -> pd.DataFrame:
     """Render a population as a UK Biobank phenotype table in ukbconv CSV layout.
 
     Parameters
@@ -1289,7 +1386,7 @@ def to_ukbconv(
     birth = _day_numbers(pop["birth_date"])
     repeat_day = _day_numbers(pop["repeat_date"])
     end = float(_days(m.followup_end))
-    dk, pn = {-1: o.do_not_know_rate}, {-3: o.prefer_not_rate}
+    dk, pn = {DO_NOT_KNOW: o.do_not_know_rate}, {PREFER_NOT: o.prefer_not_rate}
     dk_pn = {**dk, **pn}
     cols: dict[str, object] = {}
 
@@ -1329,9 +1426,9 @@ def to_ukbconv(
         h = _missing(np.round(pop[f"{prefix}height_cm"].to_numpy(dtype=float), 1), gone)
         w = _missing(np.round(pop[f"{prefix}weight_kg"].to_numpy(dtype=float), 1), gone)
         cols[_col(50, inst)] = h
-        cols[_col(12144, inst)] = _missing(np.round(h), gone)
+        cols[_col(12144, inst)] = _int_column(_missing(np.round(h), gone))
         cols[_col(21002, inst)] = w
-        cols[_col(21001, inst)] = np.round(w / (h / CM_PER_M) ** 2, 4)
+        cols[_col(21001, inst)] = np.round(w / (h / CM_PER_M) ** 2, BMI_DECIMALS)
         no_grip = ~mask | (rng_m.random(n) < o.missing_grip)
         cols[_col(46, inst)] = _int_column(_missing(pop[f"{prefix}grip_left_kg"].to_numpy(), no_grip))
         cols[_col(47, inst)] = _int_column(_missing(pop[f"{prefix}grip_right_kg"].to_numpy(), no_grip))
@@ -1341,8 +1438,12 @@ def to_ukbconv(
 
     # DXA ---------------------------------------------------------------------------------------------
     no_dxa = rng_m.random(n) < o.missing_dxa
-    for fid, name in ((23258, "lean_arms_kg"), (23275, "lean_legs_kg"), (23280, "lean_total_kg"),
-                      (23285, "lean_trunk_kg")):
+    for fid, name in (
+        (23258, "lean_arms_kg"),
+        (23275, "lean_legs_kg"),
+        (23280, "lean_total_kg"),
+        (23285, "lean_trunk_kg"),
+    ):
         grams = np.round(pop[name].to_numpy(dtype=float) * G_PER_KG)
         cols[_col(fid, 2)] = _int_column(_missing(grams, no_dxa))
     cols[_col(23226, 2)] = _missing(pop["spine_bmd"].to_numpy(dtype=float), no_dxa)
@@ -1361,7 +1462,7 @@ def to_ukbconv(
         (22409, pop["tmv_cm3"].to_numpy(dtype=float) / CM3_PER_L, o.amra_tmv_cv),
     ):
         noisy = values * np.exp(cv * rng_v.standard_normal(n))
-        cols[_col(fid, 2)] = _missing(np.round(noisy, 4), no_dixon)
+        cols[_col(fid, 2)] = _missing(np.round(noisy, VOLUME_DECIMALS), no_dixon)
 
     # lifestyle and frailty questions -----------------------------------------------------------------
     cols[_col(20116, 2)] = _int_column(_special(pop["smoking"].to_numpy(), rng_c, pn))
@@ -1372,43 +1473,50 @@ def to_ukbconv(
         pop["met_vigorous"].to_numpy(dtype=float), (days < 0) | (rng_m.random(n) < o.missing_met)
     )
     weight_change = np.where(
-        pop["weight_loss"].to_numpy(bool), 3, np.where(rng_c.random(n) < o.weight_gain_rate, 2, 0)
+        pop["weight_loss"].to_numpy(bool),
+        WEIGHT_LOST,
+        np.where(rng_c.random(n) < o.weight_gain_rate, WEIGHT_GAINED, WEIGHT_SAME),
     )
     cols[_col(2306, 2)] = _int_column(_special(weight_change, rng_c, dk_pn))
     exhausted = pop["exhaustion"].to_numpy(bool)
     u = rng_c.random(n)
     tired = np.where(
         exhausted,
-        np.where(u < o.tiredness_nearly_every_day, 4, 3),
-        np.where(u < o.tiredness_several_days, 2, 1),
+        np.where(u < o.tiredness_nearly_every_day, TIRED_DAILY, TIRED_MOST),
+        np.where(u < o.tiredness_several_days, TIRED_SEVERAL, TIRED_NEVER),
     )
     cols[_col(2080, 2)] = _int_column(_special(tired, rng_c, dk_pn))
     pace = np.where(
-        pop["slow_walking"].to_numpy(bool), 1, np.where(rng_c.random(n) < o.brisk_pace, 3, 2)
+        pop["slow_walking"].to_numpy(bool),
+        PACE_SLOW,
+        np.where(rng_c.random(n) < o.brisk_pace, PACE_BRISK, PACE_STEADY),
     )
-    cols[_col(924, 2)] = _int_column(_special(pace, rng_c, {-7: o.walking_none_rate, **pn}))
-    cols[_col(2296, 2)] = _int_column(_special(pop["falls"].to_numpy(), rng_c, pn))
+    cols[_col(924, 2)] = _int_column(_special(pace, rng_c, {NONE_OF_ABOVE: o.walking_none_rate, **pn}))
+    cols[_col(2296, 2)] = _int_column(_special(pop["falls"].to_numpy(), rng_c, dk_pn))
 
     # activity types (6164): low activity = none, or light DIY only
     low_act = pop["low_activity"].to_numpy(bool)
     act = rng_c.random((n, len(o.activity_type_rates))) < np.asarray(o.activity_type_rates)
-    act_codes = np.arange(1, len(o.activity_type_rates) + 1)
-    heavy = act_codes != 4
+    act_codes = np.asarray(ACTIVITY_CODES)
+    heavy = act_codes != ACTIVITY_LIGHT_DIY
     act[~low_act & ~act[:, heavy].any(axis=1), 0] = True
     none_answer = low_act & (rng_c.random(n) < o.low_activity_none)
     act[low_act] = False
-    act[low_act & ~none_answer, act_codes.tolist().index(4)] = True
+    act[low_act & ~none_answer, ACTIVITY_CODES.index(ACTIVITY_LIGHT_DIY)] = True
     rows, cidx = np.nonzero(act)
-    packed = _pack(n, np.concatenate([rows, np.flatnonzero(none_answer)]),
-                   np.concatenate([act_codes[cidx], np.full(none_answer.sum(), -7)]).astype(float))
+    packed = _pack(
+        n,
+        np.concatenate([rows, np.flatnonzero(none_answer)]),
+        np.concatenate([act_codes[cidx], np.full(none_answer.sum(), NONE_OF_ABOVE)]).astype(float),
+    )
     declined = rng_c.random(n) < o.prefer_not_rate
     packed[declined] = np.nan
-    packed[declined, 0] = -3
+    packed[declined, 0] = PREFER_NOT
     _array_columns(cols, 6164, 2, packed)
 
     # pain types (6159): 4 = back pain; 8 (all over) excludes others; none = −7
     back = pop["back_pain"].to_numpy(bool)
-    pain_codes = np.array([1, 2, 3, 5, 6, 7])
+    pain_codes = np.asarray(PAIN_OTHER_CODES)
     pain = rng_c.random((n, len(pain_codes))) < np.asarray(o.pain_type_rates)
     all_over = ~back & (rng_c.random(n) < o.pain_all_over)
     pain[all_over] = False
@@ -1417,22 +1525,28 @@ def to_ukbconv(
     packed = _pack(
         n,
         np.concatenate([rows, np.flatnonzero(back), np.flatnonzero(all_over), np.flatnonzero(none_pain)]),
-        np.concatenate([
-            pain_codes[cidx], np.full(back.sum(), 4), np.full(all_over.sum(), 8),
-            np.full(none_pain.sum(), -7),
-        ]).astype(float),
-        order=np.concatenate([pain_codes[cidx], np.full(back.sum() + all_over.sum()
-                                                        + none_pain.sum(), 4)]).astype(float),
+        np.concatenate(
+            [
+                pain_codes[cidx],
+                np.full(back.sum(), PAIN_BACK),
+                np.full(all_over.sum(), PAIN_ALL_OVER),
+                np.full(none_pain.sum(), NONE_OF_ABOVE),
+            ]
+        ).astype(float),
+        order=np.concatenate(
+            [pain_codes[cidx], np.full(back.sum() + all_over.sum() + none_pain.sum(), PAIN_BACK)]
+        ).astype(float),
     )
     declined = rng_c.random(n) < o.prefer_not_rate
     packed[declined] = np.nan
-    packed[declined, 0] = -3
+    packed[declined, 0] = PREFER_NOT
     _array_columns(cols, 6159, 2, packed)
 
     # diseases: hidden comorbidities shared by ICD, self-report and medication -------------------------
     age_c = age - o.comorbidity_reference_age_y
     hypertension = rng_r.random(n) < special.expit(
-        o.hypertension_intercept + o.hypertension_age * age_c
+        o.hypertension_intercept
+        + o.hypertension_age * age_c
         + o.hypertension_bmi * (bmi - o.comorbidity_reference_bmi)
         + o.hypertension_t2d * t2d
     )
@@ -1447,8 +1561,9 @@ def to_ukbconv(
     icd_t2d = t2d & (rng_r.random(n) < o.icd_t2d)
     sr_1223 = t2d & (rng_r.random(n) < o.self_report_t2d)
     sr_1220 = t2d & ~sr_1223 & (rng_r.random(n) < o.self_report_diabetes)
-    metformin = np.where(t2d, rng_r.random(n) < o.metformin_t2d,
-                         ~type1 & (rng_r.random(n) < o.metformin_background))
+    metformin = np.where(
+        t2d, rng_r.random(n) < o.metformin_t2d, ~type1 & (rng_r.random(n) < o.metformin_background)
+    )
     gliclazide = t2d & (rng_r.random(n) < o.gliclazide_t2d)
     insulin = (t2d & (rng_r.random(n) < o.insulin_t2d)) | type1
     unseen = t2d & ~(icd_t2d | sr_1223 | sr_1220 | metformin | gliclazide | insulin)
@@ -1474,20 +1589,26 @@ def to_ukbconv(
         rec_dates.append(dates)
 
     w = np.asarray(ICD_T2D_WEIGHTS)
-    record(icd_t2d, rng_r.choice(np.asarray(ICD_T2D, dtype=object), icd_t2d.sum(), p=w / w.sum()),
-           prevalent_dates(icd_t2d))
+    record(
+        icd_t2d,
+        rng_r.choice(np.asarray(ICD_T2D, dtype=object), icd_t2d.sum(), p=w / w.sum()),
+        prevalent_dates(icd_t2d),
+    )
     icd_osteo = clinical | (osteo & (rng_r.random(n) < o.icd_osteoporosis_densitometric))
     w = np.asarray(ICD_OSTEOPOROSIS_WEIGHTS)
-    record(icd_osteo, rng_r.choice(np.asarray(ICD_OSTEOPOROSIS, dtype=object), icd_osteo.sum(),
-                                   p=w / w.sum()), prevalent_dates(icd_osteo))
+    record(
+        icd_osteo,
+        rng_r.choice(np.asarray(ICD_OSTEOPOROSIS, dtype=object), icd_osteo.sum(), p=w / w.sum()),
+        prevalent_dates(icd_osteo),
+    )
     icd_back = back & (rng_r.random(n) < o.icd_back_pain)
-    record(icd_back, np.full(icd_back.sum(), "M545", dtype=object), prevalent_dates(icd_back))
+    record(icd_back, np.full(icd_back.sum(), ICD_BACK_PAIN, dtype=object), prevalent_dates(icd_back))
     icd_t1 = type1 & (rng_r.random(n) < o.icd_type1)
-    record(icd_t1, np.full(icd_t1.sum(), "E109", dtype=object), prevalent_dates(icd_t1))
+    record(icd_t1, np.full(icd_t1.sum(), ICD_TYPE1, dtype=object), prevalent_dates(icd_t1))
     icd_ht = hypertension & (rng_r.random(n) < o.icd_hypertension)
-    record(icd_ht, np.full(icd_ht.sum(), "I10", dtype=object), any_dates(icd_ht))
+    record(icd_ht, np.full(icd_ht.sum(), ICD_HYPERTENSION, dtype=object), any_dates(icd_ht))
     icd_ch = cholesterol & (rng_r.random(n) < o.icd_cholesterol)
-    record(icd_ch, np.full(icd_ch.sum(), "E780", dtype=object), any_dates(icd_ch))
+    record(icd_ch, np.full(icd_ch.sum(), ICD_CHOLESTEROL, dtype=object), any_dates(icd_ch))
     bg_codes = np.asarray(list(ICD_BACKGROUND), dtype=object)
     bg = rng_r.random((n, len(bg_codes))) < np.asarray(list(ICD_BACKGROUND.values()))
     rows, cidx = np.nonzero(bg)
@@ -1546,25 +1667,32 @@ def to_ukbconv(
     women = sex == FEMALE
     hrt = women & (rng_r.random(n) < o.hormone_replacement)
     pill = women & (rng_r.random(n) < o.oral_contraceptive)
-    cat_items = [(statin, 1), (bp_treated, 2), (insulin, 3), (hrt, 4), (pill, 5)]
+    cat_items = [
+        (statin, MED_CHOLESTEROL),
+        (bp_treated, MED_BLOOD_PRESSURE),
+        (insulin, MED_INSULIN),
+        (hrt, MED_HRT),
+        (pill, MED_PILL),
+    ]
     any_cat = statin | bp_treated | insulin | hrt | pill
-    cat_items.append((~any_cat, -7))
+    cat_items.append((~any_cat, NONE_OF_ABOVE))
     packed = _items(n, cat_items)
     u = rng_c.random(n)
-    special_answer = np.where(u < o.do_not_know_rate, -1,
-                              np.where(u < o.do_not_know_rate + o.prefer_not_rate, -3, 0))
+    special_answer = np.where(
+        u < o.do_not_know_rate,
+        DO_NOT_KNOW,
+        np.where(u < o.do_not_know_rate + o.prefer_not_rate, PREFER_NOT, 0),
+    )
     packed[special_answer < 0] = np.nan
     packed[special_answer < 0, 0] = special_answer[special_answer < 0]
     men_packed = packed.copy()
     men_packed[women] = np.nan
     women_packed = packed.copy()
     women_packed[~women] = np.nan
-    _array_columns(cols, 6177, 2, men_packed[:, :3])
+    _array_columns(cols, 6177, 2, men_packed[:, :MEN_MEDICATION_ARRAYS])
     _array_columns(cols, 6153, 2, women_packed)
 
-    fields = sorted(
-        cols, key=lambda c: tuple(int(p) for p in c.replace("-", ".").split("."))
-    )
+    fields = sorted(cols, key=lambda c: tuple(int(p) for p in c.replace("-", ".").split(".")))
     table = pd.DataFrame({"eid": pop.index.to_numpy(), **{c: cols[c] for c in fields}})
     return table
 
