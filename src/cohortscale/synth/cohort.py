@@ -34,7 +34,14 @@ from cohortscale.synth.participant import VisitResult, generate_visit
 from cohortscale.synth.population import GenerativeModel, simulate_population, to_ukbconv, truth_idps
 
 #: Columns of the population table that change at the repeat visit, and their repeat-visit names.
-REPEAT_COLUMNS = {"age": "repeat_age", "imaging_date": "repeat_date"}
+REPEAT_COLUMNS = {
+    "age": "repeat_age",
+    "imaging_date": "repeat_date",
+    "centre": "repeat_centre",
+    "height_cm": "repeat_height_cm",
+    "weight_kg": "repeat_weight_kg",
+    "bmi": "repeat_bmi",
+}
 
 
 @dataclass(frozen=True)
