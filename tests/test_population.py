@@ -24,6 +24,7 @@ from cohortscale.synth import population as population_module
 from cohortscale.synth.population import (
     FIELD_SPINE_TSCORE,
     MEDICATION_CODES,
+    PUBLISHED_MARGINALS,
     SELF_REPORT_CODES,
     TRUTH_IDP_COLUMNS,
     GenerativeModel,
@@ -38,19 +39,6 @@ N = 100_000
 SEED = 2024
 TOLERANCE = 0.05  # relative, on means and SDs
 
-#: Published mean ± SD by sex: ((women mean, women SD), (men mean, men SD)).
-PUBLISHED: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
-    "age": ((64.1, 7.5), (65.5, 7.8)),
-    "bmi": ((25.9, 4.7), (26.9, 3.9)),
-    "height_cm": ((162.8, 6.2), (176.2, 6.7)),
-    "weight_kg": ((68.7, 12.9), (83.5, 13.3)),
-    "grip_kg": ((24.1, 6.1), (38.9, 8.9)),
-    "vbm_ff": ((52.5, 10.8), (47.3, 10.9)),
-    "vbm_pdff": ((40.0, 9.0), (37.5, 8.7)),
-    "vbm_iron": ((1.82, 0.38), (1.92, 0.41)),
-    "tmv_cm3": ((7586.0, 1076.0), (11166.0, 1690.0)),
-    "pa_ratio": ((0.45, 0.06), (0.45, 0.06)),
-}
 
 REQUIRED_COLUMNS = (
     "sex age height_cm weight_kg bmi waist_cm hip_cm centre imaging_date baseline_date ethnicity "
@@ -183,7 +171,7 @@ def test_every_model_coefficient_is_documented_and_serialisable() -> None:
 def test_marginals_match_published_by_sex(cohort: SimpleNamespace) -> None:
     pop = cohort.pop
     rows, failures = [], []
-    for column, by_sex in PUBLISHED.items():
+    for column, by_sex in PUBLISHED_MARGINALS.items():
         for sex, (mean, sd) in enumerate(by_sex):
             values = pop.loc[pop["sex"] == sex, column]
             got_mean, got_sd = values.mean(), values.std()

@@ -15,25 +15,13 @@ import zarr
 
 from cohortscale.io.dicom import read_zip_series
 from cohortscale.protocols import DIXON_FIELD
-
-#: Published means ± SD by sex (women, men) from STUDIES.md §1–2, for the comparison table.
-PUBLISHED = {
-    "age": ((64.1, 7.5), (65.5, 7.8)),
-    "bmi": ((25.9, 4.7), (26.9, 3.9)),
-    "height_cm": ((162.8, 6.2), (176.2, 6.7)),
-    "weight_kg": ((68.7, 12.9), (83.5, 13.3)),
-    "grip_kg": ((24.1, 6.1), (38.9, 8.9)),
-    "vbm_ff": ((52.5, 10.8), (47.3, 10.9)),
-    "vbm_pdff": ((40.0, 9.0), (37.5, 8.7)),
-    "vbm_iron": ((1.82, 0.38), (1.92, 0.41)),
-    "tmv_cm3": ((7586.0, 1076.0), (11166.0, 1690.0)),
-}
+from cohortscale.synth.population import PUBLISHED_MARGINALS
 
 
 def marginals_table(population: pd.DataFrame) -> pd.DataFrame:
-    """Mean and SD by sex of the variables in :data:`PUBLISHED`, beside the published values."""
+    """Mean and SD by sex of each variable of ``PUBLISHED_MARGINALS``, beside the published values."""
     rows = []
-    for var, published in PUBLISHED.items():
+    for var, published in PUBLISHED_MARGINALS.items():
         for sex, label in ((0, "women"), (1, "men")):
             values = population.loc[population["sex"] == sex, var]
             mean, sd = published[sex]

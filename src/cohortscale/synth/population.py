@@ -198,6 +198,21 @@ ICD_BACKGROUND: dict[str, float] = {
 }
 
 
+#: Published mean ± SD by sex, ((women mean, women SD), (men mean, men SD)), STUDIES.md §1–2.
+PUBLISHED_MARGINALS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "age": ((64.1, 7.5), (65.5, 7.8)),
+    "bmi": ((25.9, 4.7), (26.9, 3.9)),
+    "height_cm": ((162.8, 6.2), (176.2, 6.7)),
+    "weight_kg": ((68.7, 12.9), (83.5, 13.3)),
+    "grip_kg": ((24.1, 6.1), (38.9, 8.9)),
+    "vbm_ff": ((52.5, 10.8), (47.3, 10.9)),
+    "vbm_pdff": ((40.0, 9.0), (37.5, 8.7)),
+    "vbm_iron": ((1.82, 0.38), (1.92, 0.41)),
+    "tmv_cm3": ((7586.0, 1076.0), (11166.0, 1690.0)),
+    "pa_ratio": ((0.45, 0.06), (0.45, 0.06)),
+}
+
+
 @dataclass(frozen=True)
 class ObservationModel:
     """How the latent population is observed in the UK Biobank phenotype table (:func:`to_ukbconv`).
