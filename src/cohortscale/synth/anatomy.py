@@ -37,7 +37,7 @@ REFERENCE_BMI = 25.0
 CORE_PROFILE = np.array(
     [
         # height fraction, half-width, half-depth
-        (0.470, 135.0, 80.0),
+        (0.490, 130.0, 78.0),
         (0.500, 145.0, 85.0),
         (0.550, 140.0, 85.0),
         (0.600, 125.0, 85.0),
@@ -57,7 +57,6 @@ C3_TOP_FRACTION = 0.875
 S1_BOTTOM_FRACTION = 0.555
 HIP_JOINT_FRACTION = 0.525
 KNEE_JOINT_FRACTION = 0.285
-CROTCH_FRACTION = 0.47
 DIAPHRAGM_VERTEBRA = "T10"
 LUNG_APEX_VERTEBRA = "T1"
 
@@ -86,6 +85,8 @@ _SPINE_DEPTH = np.concatenate(
 
 #: Thigh muscle radius profile from the hip (u = 0) to above the knee (u = 1), relative.
 THIGH_MUSCLE_SHAPE = np.array([(0.0, 0.92), (0.2, 1.0), (0.5, 0.92), (0.8, 0.72), (1.0, 0.50)])
+#: Medial offset of the upper thigh's skin from the femoral axis, reference body, mm.
+THIGH_MEDIAL_SHIFT_MM = 28.0
 #: Medial (adductor) compartment volume relative to the anterior (quadriceps) compartment.
 MEDIAL_TO_ANTERIOR = 0.6
 #: Abdominal bowel volume of the reference body, mm³.
@@ -295,10 +296,17 @@ def build_body(
         rm = r_muscle * shape_r
         # Leg skin: calf, knee, then the thigh muscle plus fat, up into the buttock.
         leg_z = np.array([z_at(0.12), z_knee - 120.0, z_knee, *thigh_z[::-1], z_hip + 60.0])
-        leg_r = leg_subcut + np.array([40.0 * s_h, 52.0 * s_h * np.sqrt(girth), 48.0 * s_h, *rm[::-1], rm[0]])
-        leg_cx = x_mid + sign * np.interp(leg_z, [z_knee, z_thigh_top], [knee_x, femur_top_x])
+        # Soft tissue of the upper thigh lies medial to the femur: shift the skin inwards (and widen it
+        # so it still wraps the muscle) so that thighs meet at the top as they do.
+        medial = np.interp(leg_z, [z_knee, z_thigh_top], [0.0, THIGH_MEDIAL_SHIFT_MM * s_h])
+        leg_r = (
+            medial
+            + leg_subcut
+            + np.array([40.0 * s_h, 52.0 * s_h * np.sqrt(girth), 48.0 * s_h, *rm[::-1], rm[0]])
+        )
+        leg_cx = x_mid + sign * (np.interp(leg_z, [z_knee, z_thigh_top], [knee_x, femur_top_x]) - medial)
         leg_cy = np.interp(leg_z, [z_knee, z_thigh_top], [knee_y, hip_y])
-        outer.append((L["subcutaneous_fat"], Tube(leg_z, leg_cx, leg_cy, leg_r, leg_r * 0.92)))
+        outer.append((L["subcutaneous_fat"], Tube(leg_z, leg_cx, leg_cy, leg_r, leg_r)))
         # Calf muscle and the thigh compartments around the femoral shaft.
         add(
             (
