@@ -43,8 +43,14 @@ STUDY_DATE = datetime.date(2017, 3, 4)
 
 def make_study(suffix: str = "^Bio") -> StudyInfo:
     return StudyInfo(
-        eid=EID, instance=2, patient_sex="F", patient_age_years=64, patient_size_m=1.68,
-        patient_weight_kg=71.3, study_date=STUDY_DATE, study_time=datetime.time(9, 12, 3),
+        eid=EID,
+        instance=2,
+        patient_sex="F",
+        patient_age_years=64,
+        patient_size_m=1.68,
+        patient_weight_kg=71.3,
+        study_date=STUDY_DATE,
+        study_time=datetime.time(9, 12, 3),
         institution_name="UK Biobank Imaging Centre",
         institution_address="Cheadle Royal Business Park, Stockport",
         scanner=Scanner(imaging_frequency_mhz=63.6155),
@@ -65,8 +71,14 @@ def smooth_noisy(n: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.rint(img), 0, 4095).astype(np.uint16)
 
 
-def dixon_series(number: int, n: int = 44, z0: float = -100.0, spacing: float = 4.5,
-                 description: str = "Dixon_BH_17s_in", oblique: bool = False) -> SeriesSpec:
+def dixon_series(
+    number: int,
+    n: int = 44,
+    z0: float = -100.0,
+    spacing: float = 4.5,
+    description: str = "Dixon_BH_17s_in",
+    oblique: bool = False,
+) -> SeriesSpec:
     iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     if oblique:  # a slightly tilted transverse plane so SliceLocation is not just z
         c, s = np.cos(0.1), np.sin(0.1)
@@ -75,14 +87,20 @@ def dixon_series(number: int, n: int = 44, z0: float = -100.0, spacing: float = 
     start = np.array([-249.0, -194.5, z0])
     pos = start[None, :] - np.arange(n)[:, None] * spacing * normal[None, :]
     return SeriesSpec(
-        series_number=number, series_description=description, protocol_name="Dixon_BH_17s",
+        series_number=number,
+        series_description=description,
+        protocol_name="Dixon_BH_17s",
         series_time=datetime.time(9, 20, number, 500000),
         image_type=("ORIGINAL", "PRIMARY", "M", "DIXON", "IN_PHASE"),
         pixel_spacing_mm=(DIXON_PIXEL_SPACING_MM, DIXON_PIXEL_SPACING_MM),
-        slice_thickness_mm=spacing, spacing_between_slices_mm=spacing,
-        image_orientation=iop, positions_mm=pos,
-        echo_times_ms=np.full(n, 4.77), echo_numbers=np.full(n, 2),
-        repetition_time_ms=6.69, flip_angle_deg=10.0,
+        slice_thickness_mm=spacing,
+        spacing_between_slices_mm=spacing,
+        image_orientation=iop,
+        positions_mm=pos,
+        echo_times_ms=np.full(n, 4.77),
+        echo_numbers=np.full(n, 2),
+        repetition_time_ms=6.69,
+        flip_angle_deg=10.0,
         series_instance_uid=derive_uid("series", EID, 2, number),
     )
 
@@ -90,15 +108,24 @@ def dixon_series(number: int, n: int = 44, z0: float = -100.0, spacing: float = 
 def phase_series(n_echo: int = 6) -> SeriesSpec:
     te = 1.2 + 2.0 * np.arange(n_echo)
     return SeriesSpec(
-        series_number=30, series_description="LMS IDEAL OPTIMISED LOW FLIP 6DYN",
-        protocol_name="LMS IDEAL OPTIMISED LOW FLIP 6DYN", series_time=datetime.time(9, 40, 0),
-        image_type=("ORIGINAL", "PRIMARY", "P", "ND"), pixel_spacing_mm=(1.71875, 1.71875),
-        slice_thickness_mm=6.0, spacing_between_slices_mm=None,
+        series_number=30,
+        series_description="LMS IDEAL OPTIMISED LOW FLIP 6DYN",
+        protocol_name="LMS IDEAL OPTIMISED LOW FLIP 6DYN",
+        series_time=datetime.time(9, 40, 0),
+        image_type=("ORIGINAL", "PRIMARY", "P", "ND"),
+        pixel_spacing_mm=(1.71875, 1.71875),
+        slice_thickness_mm=6.0,
+        spacing_between_slices_mm=None,
         image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
         positions_mm=np.tile([[-220.0, -200.0, -60.0]], (n_echo, 1)),
-        echo_times_ms=te, echo_numbers=np.arange(1, n_echo + 1), repetition_time_ms=14.0,
-        flip_angle_deg=5.0, series_instance_uid=derive_uid("series", EID, 2, 30),
-        rescale_slope=2.0, rescale_intercept=-4096.0, sequence_name="*fl2d6",
+        echo_times_ms=te,
+        echo_numbers=np.arange(1, n_echo + 1),
+        repetition_time_ms=14.0,
+        flip_angle_deg=5.0,
+        series_instance_uid=derive_uid("series", EID, 2, 30),
+        rescale_slope=2.0,
+        rescale_intercept=-4096.0,
+        sequence_name="*fl2d6",
     )
 
 
@@ -116,7 +143,7 @@ def parse_csa2(blob: bytes) -> dict[str, list[str]]:
             _x0, length, _x2, _x3 = struct.unpack_from("<4i", blob, p)
             p += 16
             assert p + length <= len(blob)
-            items.append(blob[p:p + length].split(b"\x00")[0].decode("latin-1"))
+            items.append(blob[p : p + length].split(b"\x00")[0].decode("latin-1"))
             p += length + (-length % 4)
         out[name.split(b"\x00")[0].decode()] = items
     return out
@@ -202,8 +229,9 @@ def test_geometry_round_trips(magnitude) -> None:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
         np.testing.assert_allclose(ipp, spec.positions_mm[i], atol=1e-9)
-        np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient],
-                                   spec.image_orientation, atol=1e-12)
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImageOrientationPatient], spec.image_orientation, atol=1e-12
+        )
         assert [float(v) for v in ds.PixelSpacing] == pytest.approx(list(spec.pixel_spacing_mm))
         assert float(ds.SliceThickness) == pytest.approx(4.5)
         assert float(ds.SpacingBetweenSlices) == pytest.approx(4.5)
@@ -279,16 +307,18 @@ def test_csa_headers(magnitude) -> None:
     assert tags["EchoLinePosition"] == ["87"]
     assert tags["ImaCoilString"][0]
     assert [float(v) for v in tags["ImagePositionPatient"]] == pytest.approx(
-        list(spec.positions_mm[3]), abs=1e-6)
-    np.testing.assert_allclose([float(v) for v in tags["SliceNormalVector"]],
-                               np.cross(spec.image_orientation[:3], spec.image_orientation[3:]),
-                               atol=1e-8)
+        list(spec.positions_mm[3]), abs=1e-6
+    )
+    np.testing.assert_allclose(
+        [float(v) for v in tags["SliceNormalVector"]],
+        np.cross(spec.image_orientation[:3], spec.image_orientation[3:]),
+        atol=1e-8,
+    )
     series = parse_csa2(block[0x20].value)
     phoenix = series["MrPhoenixProtocol"][0]
     assert "### ASCCONV BEGIN" in phoenix and "### ASCCONV END ###" in phoenix
     # Requested size is honoured for a larger budget too.
-    big = encode_series(smooth_noisy(1, 174, 224), dixon_series(9, n=1), make_study(),
-                        csa_header_bytes=20000)
+    big = encode_series(smooth_noisy(1, 174, 224), dixon_series(9, n=1), make_study(), csa_header_bytes=20000)
     blob = pydicom.dcmread(io.BytesIO(big[0][1]))[0x00291010].value
     assert abs(len(blob) - 20000) <= 64 and parse_csa2(blob)["EchoLinePosition"] == ["87"]
 
@@ -355,8 +385,11 @@ def test_zip_lists_every_file_plus_manifest(bulk) -> None:
         assert all(i.date_time == (2017, 3, 4, 12, 0, 0) for i in zf.infolist())
         for name, data, _ in entries[:5]:
             assert zf.read(name) == data
-        numbers = [int(pydicom.dcmread(io.BytesIO(zf.read(n)), stop_before_pixels=True)
-                       .InstanceNumber) for n in names if n.endswith(".dcm")]
+        numbers = [
+            int(pydicom.dcmread(io.BytesIO(zf.read(n)), stop_before_pixels=True).InstanceNumber)
+            for n in names
+            if n.endswith(".dcm")
+        ]
     assert numbers != sorted(numbers)
     assert sorted(numbers) == list(range(1, len(entries) + 1))
 
@@ -380,8 +413,15 @@ def test_zip_bytes_deterministic_and_atomic(tmp_path: Path, bulk) -> None:
     _, entries = bulk
     a, b = tmp_path / "a" / "x.zip", tmp_path / "b" / "x.zip"
     for p in (a, b):
-        write_bulk_zip(p, entries, eid=EID, study_date=STUDY_DATE, rng=np.random.default_rng(7),
-                       manifest_name="manifest.csv", patientid_suffix="^Bio")
+        write_bulk_zip(
+            p,
+            entries,
+            eid=EID,
+            study_date=STUDY_DATE,
+            rng=np.random.default_rng(7),
+            manifest_name="manifest.csv",
+            patientid_suffix="^Bio",
+        )
     assert a.read_bytes() == b.read_bytes()
     assert sorted(x.name for x in a.parent.iterdir()) == ["x.zip"]  # no temp file left behind
     with zipfile.ZipFile(a) as zf:
@@ -397,8 +437,13 @@ def test_zip_bytes_deterministic_and_atomic(tmp_path: Path, bulk) -> None:
 def test_write_failure_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "z.zip"
     with pytest.raises(TypeError):
-        write_bulk_zip(path, [("a.dcm", object(), "x")], eid=EID,  # type: ignore[list-item]
-                       study_date=STUDY_DATE, rng=np.random.default_rng(0))
+        write_bulk_zip(
+            path,
+            [("a.dcm", object(), "x")],
+            eid=EID,  # type: ignore[list-item]
+            study_date=STUDY_DATE,
+            rng=np.random.default_rng(0),
+        )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -134,24 +134,33 @@ def test_files_are_shuffled_and_manifest_has_quirks(clean_cohort: Path) -> None:
             assert instance_numbers != sorted(instance_numbers)
 
 
-@pytest.mark.parametrize("protocol", [UKB_IDEAL_20254, UKB_MULTIECHO_20203])
-def test_multiecho_series_layout(clean_cohort: Path, protocol) -> None:
+@pytest.mark.parametrize(("protocol", "dynamics"), [(UKB_IDEAL_20254, 6), (UKB_MULTIECHO_20203, 1)])
+def test_multiecho_series_layout(clean_cohort: Path, protocol, dynamics: int) -> None:
     path = sorted((clean_cohort / "bulk").glob(f"*_{protocol.field}_2_0.zip"))[0]
     series = read_zip_series(path)
-    kinds = sorted(s.image_type[2] for s in series)
-    assert kinds == ["M", "P"]
+    # Magnitude and phase series alternate, one pair per dynamic, numbered after the Dixon series.
+    assert [s.image_type[2] for s in series] == ["M", "P"] * dynamics
+    numbers = [s.number for s in series]
+    assert numbers == list(range(numbers[0], numbers[0] + 2 * dynamics)) and numbers[0] > 24
+    assert [s.time for s in series] == sorted(s.time for s in series)
     for s in series:
         assert s.description == protocol.series_description
+        assert s.headers[0].MRAcquisitionType == "2D"
         assert s.pixels.shape == (
             protocol.n_echoes,
             scaled(protocol.rows, 0.25, 8),
             scaled(protocol.columns, 0.25, 8),
         )
         np.testing.assert_allclose(s.echo_times_s, protocol.echo_times_s, atol=1e-9)
-    phase = next(s for s in series if s.image_type[2] == "P")
-    radians = np.pi * phase.pixels / 4096.0
-    assert radians.min() >= -np.pi - 1e-6 and radians.max() <= np.pi
-    assert radians.std() > 0.5  # phase wraps over the slice
+        np.testing.assert_allclose(s.affine, series[0].affine)
+    magnitudes = [s.pixels.astype(float) for s in series[::2]]
+    if dynamics > 1:  # repeated dynamics: same anatomy, independent noise
+        assert not np.array_equal(magnitudes[0], magnitudes[1])
+        assert np.corrcoef(magnitudes[0].ravel(), magnitudes[1].ravel())[0, 1] > 0.95
+    phase = series[1]
+    stored = np.array([h.pixel_array for h in phase.headers])
+    assert stored.min() >= 0 and stored.max() <= 4095
+    np.testing.assert_allclose(phase.pixels, 2.0 * stored - 4096.0)
 
 
 def test_configurable_echo_times(make_cohort) -> None:

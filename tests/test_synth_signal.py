@@ -13,11 +13,15 @@ from cohortscale.synth.labels import LABELS
 from synth_helpers import dixon_series, first_eid, truth_at, visit_truth
 
 
-def complex_slice(cohort: Path, eid: int, field: int) -> np.ndarray:
+def complex_slices(cohort: Path, eid: int, field: int) -> list[np.ndarray]:
+    """Complex signal (y, x, echo) of every dynamic: magnitude series followed by its phase series."""
     series = read_zip_series(cohort / "bulk" / f"{eid}_{field}_2_0.zip")
-    magnitude = next(s for s in series if s.image_type[2] == "M").pixels.astype(float)
-    phase = np.pi * next(s for s in series if s.image_type[2] == "P").pixels / 4096.0
-    return np.moveaxis(magnitude * np.exp(1j * phase), 0, -1)
+    out = []
+    for magnitude, phase in zip(series[::2], series[1::2], strict=True):
+        assert (magnitude.image_type[2], phase.image_type[2]) == ("M", "P")
+        signal = magnitude.pixels.astype(float) * np.exp(1j * np.pi * phase.pixels / 4096.0)
+        out.append(np.moveaxis(signal, 0, -1))
+    return out
 
 
 def model_signal(group) -> np.ndarray:
@@ -36,23 +40,37 @@ def model_signal(group) -> np.ndarray:
 @pytest.mark.parametrize("field", [20254, 20203])
 def test_noiseless_multiecho_equals_model(noiseless_cohort: Path, field: int) -> None:
     eid = first_eid(noiseless_cohort)
-    measured = complex_slice(noiseless_cohort, eid, field)
     expected = model_signal(visit_truth(noiseless_cohort, eid)[f"multiecho/{field}"])
-    # Only uint16 rounding of the magnitude and 2π/4096 steps of the phase separate them.
-    error = np.abs(measured - expected)
-    assert np.all(error <= 0.75 + 2e-3 * np.abs(expected)), error.max()
+    for measured in complex_slices(noiseless_cohort, eid, field):
+        # Only uint16 rounding of the magnitude and 2π/4096 steps of the phase separate them.
+        error = np.abs(measured - expected)
+        assert np.all(error <= 0.75 + 2e-3 * np.abs(expected)), error.max()
     assert np.abs(expected).max() > 500
+
+
+def test_opposite_phase_convention_is_the_conjugate(make_cohort) -> None:
+    cohort = make_cohort("clockwise", phase_sign=-1, multiecho_snr=1e7, ideal_dynamics=1)
+    eid = first_eid(cohort)
+    group = visit_truth(cohort, eid)["multiecho/20254"]
+    assert group.attrs["phase_sign"] == -1
+    expected = model_signal(group)
+    (measured,) = complex_slices(cohort, eid, 20254)
+    assert np.all(np.abs(measured.conj() - expected) <= 0.75 + 2e-3 * np.abs(expected))
+    assert np.abs(measured - expected).max() > 100  # not the same data
 
 
 @pytest.mark.parametrize("field", [20254, 20203])
 def test_multiecho_noise_has_configured_sigma(clean_cohort: Path, field: int) -> None:
     eid = first_eid(clean_cohort)
     group = visit_truth(clean_cohort, eid)[f"multiecho/{field}"]
-    residual = complex_slice(clean_cohort, eid, field) - model_signal(group)
     sigma = 1600 * 0.80 / 40.0  # max_signal · muscle proton density / SNR
-    assert np.std(residual.real) == pytest.approx(sigma, rel=0.1)
-    assert np.std(residual.imag) == pytest.approx(sigma, rel=0.1)
-    assert abs(np.mean(residual)) < 0.1 * sigma
+    residuals = [signal - model_signal(group) for signal in complex_slices(clean_cohort, eid, field)]
+    for residual in residuals:
+        assert np.std(residual.real) == pytest.approx(sigma, rel=0.1)
+        assert np.std(residual.imag) == pytest.approx(sigma, rel=0.1)
+        assert abs(np.mean(residual)) < 0.1 * sigma
+    if len(residuals) > 1:  # dynamics have independent noise
+        assert abs(np.corrcoef(residuals[0].real.ravel(), residuals[1].real.ravel())[0, 1]) < 0.05
 
 
 def test_noiseless_dixon_matches_truth_in_patient_coordinates(noiseless_cohort: Path) -> None:

@@ -54,6 +54,8 @@ class AnomalyRates:
     """One DICOM file in the Dixon zip cut short."""
     corrupt_zip: float = 0.005
     """The Dixon zip damaged so that it cannot be opened as an archive."""
+    size_mismatch: float = 0.005
+    """The fat series of one station one slice shorter than its water series."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class SynthConfig:
         Multi-echo protocols to write (20254 = 6-echo IDEAL; 20203 = 10-echo).
     ideal_echo_times_s : tuple of float
         Echo times of the 20254 protocol, s (default 6 echoes, 1.2 ms + 2.0 ms·n; unverified).
+    ideal_dynamics : int
+        Repeated acquisitions (dynamics) of the 20254 slice, each a magnitude + phase series pair
+        ("6DYN" in its SeriesDescription; unverified).
+    phase_sign : int
+        +1 writes the phase of ``s ∝ exp(+i 2π f t)``; −1 writes its conjugate (the opposite precession
+        convention), recorded in the truth so readers can be tested on both.
     multiecho10_echo_times_s : tuple of float
         Echo times of the 20203 protocol, s (default 10 echoes, 2.38 ms × n; unverified).
     coil_bias : float
@@ -107,6 +115,8 @@ class SynthConfig:
     multiecho_fields: tuple[int, ...] = (20254,)
     ideal_echo_times_s: tuple[float, ...] = UKB_IDEAL_20254.echo_times_s
     multiecho10_echo_times_s: tuple[float, ...] = UKB_MULTIECHO_20203.echo_times_s
+    ideal_dynamics: int = 6
+    phase_sign: int = 1
     coil_bias: float = 0.2
     edge_rolloff: float = 0.15
     b0_range_hz: float = 150.0
@@ -131,6 +141,10 @@ class SynthConfig:
                 f"unknown multi-echo field(s) {sorted(unknown)}; known: {sorted(MULTIECHO_PROTOCOLS)}"
             )
 
+        if self.phase_sign not in (1, -1):
+            raise ValueError(f"phase_sign must be 1 or -1, got {self.phase_sign}")
+        if self.ideal_dynamics < 1:
+            raise ValueError(f"ideal_dynamics must be ≥ 1, got {self.ideal_dynamics}")
         for times in (self.ideal_echo_times_s, self.multiecho10_echo_times_s):
             if len(times) < 2 or times[0] <= 0 or any(np.diff(times) <= 0):
                 raise ValueError(f"echo times must be positive and increasing, got {times}")

@@ -64,10 +64,17 @@ def _zip_time(study_date: datetime.date) -> tuple[int, int, int, int, int, int]:
     return (max(study_date.year, 1980), study_date.month, study_date.day, 12, 0, 0)
 
 
-def write_bulk_zip(path: pathlib.Path, files: list[tuple[str, bytes, str]], *, eid: int,
-                   study_date: datetime.date, rng: np.random.Generator,
-                   manifest_name: str = "manifest.cvs", compresslevel: int = 6,
-                   patientid_suffix: str = "") -> None:
+def write_bulk_zip(
+    path: pathlib.Path,
+    files: list[tuple[str, bytes, str]],
+    *,
+    eid: int,
+    study_date: datetime.date,
+    rng: np.random.Generator,
+    manifest_name: str = "manifest.cvs",
+    compresslevel: int = 6,
+    patientid_suffix: str = "",
+) -> None:
     """Write a bulk zip of DICOM files and its quirky manifest, atomically and deterministically.
 
     Parameters
@@ -165,7 +172,7 @@ def corrupt_zip(path: pathlib.Path, rng: np.random.Generator) -> str:
         what = f"truncated {size} -> {keep} bytes ({100.0 * keep / size:.1f}%)"
     else:
         n = min(size, int(rng.integers(1024, 8193)))
-        data[size - n:] = bytes(n)
+        data[size - n :] = bytes(n)
         what = f"zeroed the last {n} of {size} bytes (end-of-central-directory lost)"
     # zipfile scans the last 64 KiB for an end record: make sure no stray signature survives
     # (deflated data could contain one by chance).
@@ -173,7 +180,7 @@ def corrupt_zip(path: pathlib.Path, rng: np.random.Generator) -> str:
     tail = max(0, len(data) - (1 << 16) - 22)
     at = data.find(sig, tail)
     while at >= 0:
-        data[at:at + 4] = b"\x00\x00\x00\x00"
+        data[at : at + 4] = b"\x00\x00\x00\x00"
         at = data.find(sig, at + 4)
     path.write_bytes(bytes(data))
     return what

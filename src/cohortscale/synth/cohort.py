@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from cohortscale import __version__
 from cohortscale.config import SynthConfig, config_to_dict, json_ready
-from cohortscale.synth.participant import VisitResult, generate_visit
+from cohortscale.synth.participant import VisitResult, generate_visit, visit_fingerprint
 from cohortscale.synth.population import GenerativeModel, simulate_population, to_ukbconv, truth_idps
 
 #: Columns of the population table that change at the repeat visit, and their repeat-visit names.
@@ -94,9 +96,43 @@ def _timed_visit(
     return result, time.perf_counter() - start
 
 
-def _completed(out: Path, eid: int, instance: int) -> dict[str, Any] | None:
+def _completed(
+    out: Path, eid: int, instance: int, subject: dict[str, Any], config: SynthConfig
+) -> dict | None:
+    """The summary of a visit already generated with these values and settings, with all its zips."""
     path = out / "truth" / f"{eid}_{instance}" / "idp.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    done = json.loads(path.read_text())
+    if done.get("fingerprint") != visit_fingerprint(subject, config):
+        return None
+    if not all((out / "bulk" / name).exists() for name in done["files"]):
+        return None
+    return done
+
+
+def _remove_stale(out: Path, visits: set[tuple[int, int]]) -> None:
+    """Delete temporary folders of interrupted visits, and the files of visits from an earlier run that
+    this cohort no longer has."""
+    for folder in (out / "truth").iterdir():
+        if not folder.is_dir():
+            continue
+        if folder.name.startswith("."):
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        eid, _, instance = folder.name.partition("_")
+        if eid.isdigit() and instance.isdigit() and (int(eid), int(instance)) not in visits:
+            summary = folder / "idp.json"
+            if summary.exists():
+                for name in json.loads(summary.read_text())["files"]:
+                    (out / "bulk" / name).unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def synthesize(config: SynthConfig, out: str | Path, progress: bool = True) -> CohortSummary:
@@ -118,12 +154,12 @@ def synthesize(config: SynthConfig, out: str | Path, progress: bool = True) -> C
     out = Path(out)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     population = simulate_population(config.participants, config.seed, config.repeat_visit_rate)
-    to_ukbconv(population, config.seed).to_csv(out / "phenotypes.csv", index=False)
-    population.to_csv(out / "truth" / "population.csv")
+    _write_atomic(out / "phenotypes.csv", to_ukbconv(population, config.seed).to_csv(index=False))
+    _write_atomic(out / "truth" / "population.csv", population.to_csv())
     model = json_ready(dataclasses.asdict(GenerativeModel()))
-    (out / "truth" / "coefficients.json").write_text(json.dumps(model, indent=1))
+    _write_atomic(out / "truth" / "coefficients.json", json.dumps(model, indent=1))
     meta = {"cohortscale_version": __version__, "config": config_to_dict(config)}
-    (out / "truth" / "config.json").write_text(json.dumps(meta, indent=1))
+    _write_atomic(out / "truth" / "config.json", json.dumps(meta, indent=1))
 
     rows: list[dict[str, Any]] = []
     anomaly_rows: list[dict[str, Any]] = []
@@ -131,8 +167,10 @@ def synthesize(config: SynthConfig, out: str | Path, progress: bool = True) -> C
     visit_seconds: list[float] = []
     if config.images:
         todo = []
-        for eid, instance, subject in visit_subjects(population):
-            done = _completed(out, eid, instance)
+        visits = list(visit_subjects(population))
+        _remove_stale(out, {(eid, instance) for eid, instance, _ in visits})
+        for eid, instance, subject in visits:
+            done = _completed(out, eid, instance, subject, config)
             if done is None:
                 todo.append((subject, eid, instance))
             else:
@@ -152,10 +190,10 @@ def synthesize(config: SynthConfig, out: str | Path, progress: bool = True) -> C
     else:
         idps = truth_idps(population).reset_index().assign(instance=2, source="model")
     idps = idps.sort_values(["eid", "instance"]).reset_index(drop=True)
-    idps.to_csv(out / "truth" / "idps.csv", index=False)
+    _write_atomic(out / "truth" / "idps.csv", idps.to_csv(index=False))
     anomalies = pd.DataFrame(anomaly_rows, columns=["eid", "instance", "anomaly", "details"])
     anomalies = anomalies.sort_values(["eid", "instance", "anomaly"]).reset_index(drop=True)
-    anomalies.to_csv(out / "truth" / "anomalies.csv", index=False)
+    _write_atomic(out / "truth" / "anomalies.csv", anomalies.to_csv(index=False))
     return CohortSummary(
         out=out,
         participants=len(population),

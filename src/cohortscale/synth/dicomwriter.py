@@ -144,6 +144,8 @@ class SeriesSpec:
         SeriesInstanceUID (see :func:`derive_uid`).
     rescale_slope, rescale_intercept : float or None
         RescaleSlope / RescaleIntercept (Siemens phase: 2 and −4096); omitted when None.
+    acquisition_type : str
+        MRAcquisitionType: ``"3D"`` (the Dixon slabs) or ``"2D"`` (the multi-echo slice).
     sequence_name : str
         SequenceName, e.g. ``*fl3d2``.
     body_part : str
@@ -168,6 +170,7 @@ class SeriesSpec:
     rescale_slope: float | None = None
     rescale_intercept: float | None = None
     sequence_name: str = "*fl3d2"
+    acquisition_type: str = "3D"
     body_part: str = "ABDOMEN"
 
     @property
@@ -230,8 +233,24 @@ def _tm(t: datetime.time) -> str:
 # ----------------------------------------------------------------------------------------------
 
 #: Syngo data-type codes by VR (plausible; readers ignore them).
-_SYNGODT = {"DS": 3, "FD": 4, "FL": 5, "IS": 6, "SL": 7, "SS": 8, "UL": 9, "US": 10,
-            "CS": 16, "LO": 19, "LT": 20, "SH": 22, "ST": 23, "UI": 25, "UN": 27, "OB": 27}
+_SYNGODT = {
+    "DS": 3,
+    "FD": 4,
+    "FL": 5,
+    "IS": 6,
+    "SL": 7,
+    "SS": 8,
+    "UL": 9,
+    "US": 10,
+    "CS": 16,
+    "LO": 19,
+    "LT": 20,
+    "SH": 22,
+    "ST": 23,
+    "UI": 25,
+    "UN": 27,
+    "OB": 27,
+}
 
 _CSA_HEAD = struct.Struct("<64si4s3i")
 _CSA_ITEM = struct.Struct("<4i")
@@ -244,8 +263,16 @@ def _csa_element(name: str, vr: str, values: Sequence[str]) -> bytes:
     n_items = len(values)
     # VM = number of values (0 for empty); the last header int (77 with data, 205 without) is a
     # marker readers ignore.
-    out = [_CSA_HEAD.pack(name.encode("ascii"), n_items, vr.encode("ascii"), _SYNGODT.get(vr, 0),
-                          n_items, 77 if values else 205)]
+    out = [
+        _CSA_HEAD.pack(
+            name.encode("ascii"),
+            n_items,
+            vr.encode("ascii"),
+            _SYNGODT.get(vr, 0),
+            n_items,
+            77 if values else 205,
+        )
+    ]
     for v in values:
         data = v.encode("latin-1") + b"\x00"  # null-terminated text, length includes the null
         n = len(data)
@@ -287,8 +314,9 @@ def _pad_even(data: bytes, total_bytes: int) -> bytes:
 class _CsaImageTemplate:
     """CSA image header of one series: static elements encoded once, per-image ones per call."""
 
-    def __init__(self, elements: list[tuple[str, str, Sequence[str] | Callable[[int], list[str]]]],
-                 total_bytes: int) -> None:
+    def __init__(
+        self, elements: list[tuple[str, str, Sequence[str] | Callable[[int], list[str]]]], total_bytes: int
+    ) -> None:
         self._total = total_bytes
         self._head = b"SV10\x04\x03\x02\x01" + struct.pack("<2I", len(elements), 77)
         # Each slot: pre-encoded bytes, or (name, vr, fn(index) -> values) to encode per image.
@@ -331,14 +359,16 @@ def _element(tag: int, vr: str, value: bytes) -> bytes:
 
 def _file_meta(sop_instance_uid: str) -> bytes:
     """Preamble, ``DICM`` and a complete File Meta Information group for one image."""
-    body = b"".join((
-        _element(0x00020001, "OB", b"\x00\x01"),
-        _element(0x00020002, "UI", MRImageStorage.encode()),
-        _element(0x00020003, "UI", sop_instance_uid.encode()),
-        _element(0x00020010, "UI", ExplicitVRLittleEndian.encode()),
-        _element(0x00020012, "UI", IMPLEMENTATION_CLASS_UID.encode()),
-        _element(0x00020013, "SH", IMPLEMENTATION_VERSION_NAME.encode()),
-    ))
+    body = b"".join(
+        (
+            _element(0x00020001, "OB", b"\x00\x01"),
+            _element(0x00020002, "UI", MRImageStorage.encode()),
+            _element(0x00020003, "UI", sop_instance_uid.encode()),
+            _element(0x00020010, "UI", ExplicitVRLittleEndian.encode()),
+            _element(0x00020012, "UI", IMPLEMENTATION_CLASS_UID.encode()),
+            _element(0x00020013, "SH", IMPLEMENTATION_VERSION_NAME.encode()),
+        )
+    )
     return b"\x00" * 128 + b"DICM" + _element(0x00020000, "UL", struct.pack("<I", len(body))) + body
 
 
@@ -448,7 +478,7 @@ def _template(series: SeriesSpec, study: StudyInfo, rows: int, cols: int) -> Dat
     ds.ScanningSequence = "GR"
     ds.SequenceVariant = ["SK", "SP", "SS"]  # segmented k-space, spoiled, steady state
     ds.ScanOptions = ""
-    ds.MRAcquisitionType = "3D"
+    ds.MRAcquisitionType = series.acquisition_type
     ds.SequenceName = series.sequence_name
     ds.AngioFlag = "N"
     ds.SliceThickness = _ds(series.slice_thickness_mm)
@@ -564,8 +594,7 @@ def _csa_series_header(series: SeriesSpec, study: StudyInfo, rows: int, cols: in
     lines = [
         "### ASCCONV BEGIN object=MrProtDataImpl@MrProtocolData version=51130001 ###",
         "ulVersion                                = 0x14b44b6",
-        'tSequenceFileName                        = "%SiemensSeq%\\\\'
-        f'{series.sequence_name.strip("*")}"',
+        f'tSequenceFileName                        = "%SiemensSeq%\\\\{series.sequence_name.strip("*")}"',
         f'tProtocolName                            = "{series.protocol_name}"',
         f"lSequenceID                              = {series.series_number}",
         f"sProtConsistencyInfo.flNominalB0         = {sc.magnetic_field_strength_t}",
@@ -579,7 +608,7 @@ def _csa_series_header(series: SeriesSpec, study: StudyInfo, rows: int, cols: in
         f"sSliceArray.asSlice[0].dThickness        = {n_slices * spacing:.6g}",
         f"sSliceArray.asSlice[0].dPhaseFOV         = {rows * series.pixel_spacing_mm[0]:.6g}",
         f"sSliceArray.asSlice[0].dReadoutFOV       = {cols * series.pixel_spacing_mm[1]:.6g}",
-        f"sSliceArray.asSlice[0].sPosition.dTra    = {-centre_z:.6g}",
+        f"sSliceArray.asSlice[0].sPosition.dTra    = {centre_z:.6g}",
         "sSliceArray.asSlice[0].sNormal.dTra      = 1",
         f"alTR[0]                                  = {round(series.repetition_time_ms * 1000.0)}",
         *[f"alTE[{i}]{' ' * (37 - len(str(i)))}= {te}" for i, te in enumerate(tes_us)],
@@ -589,7 +618,7 @@ def _csa_series_header(series: SeriesSpec, study: StudyInfo, rows: int, cols: in
         "ucReconstructionMode                     = 0x8",
         "### ASCCONV END ###",
     ]
-    phoenix = "<XProtocol>\n{\n  <Name> \"PhoenixMetaProtocol\"\n}\n" + "\n".join(lines) + "\n"
+    phoenix = '<XProtocol>\n{\n  <Name> "PhoenixMetaProtocol"\n}\n' + "\n".join(lines) + "\n"
     elements: list[tuple[str, str, Sequence[str]]] = [
         ("UsedPatientWeight", "IS", [str(round(study.patient_weight_kg))]),
         ("NumberOfPrescans", "IS", ["0"]),
@@ -633,8 +662,11 @@ def _csa_series_header(series: SeriesSpec, study: StudyInfo, rows: int, cols: in
         ("MeasurementIndex", "FL", []),
         ("CoilString", "SH", [_coil_string(centre_z)]),
         ("PATModeText", "LO", ["p2"]),
-        ("PatReinPattern", "ST", ["1;HFS;"
-                                  f"{study.patient_weight_kg:.2f};{study.patient_size_m:.2f};3;0;0;-1"]),
+        (
+            "PatReinPattern",
+            "ST",
+            [f"1;HFS;{study.patient_weight_kg:.2f};{study.patient_size_m:.2f};3;0;0;-1"],
+        ),
         ("ProtocolChangeHistory", "US", ["0"]),
         ("Isocentered", "US", ["1"]),
         ("MrPhoenixProtocol", "UN", [phoenix]),
@@ -642,8 +674,14 @@ def _csa_series_header(series: SeriesSpec, study: StudyInfo, rows: int, cols: in
     return build_csa2(elements)
 
 
-def _csa_image_template(series: SeriesSpec, rows: int, cols: int, slice_locations: np.ndarray,
-                        centres: np.ndarray, total_bytes: int) -> _CsaImageTemplate:
+def _csa_image_template(
+    series: SeriesSpec,
+    rows: int,
+    cols: int,
+    slice_locations: np.ndarray,
+    centres: np.ndarray,
+    total_bytes: int,
+) -> _CsaImageTemplate:
     """CSA image header elements; per-image ones are callables of the image index."""
     pos = np.asarray(series.positions_mm, dtype=float)
     normal = series.slice_normal
@@ -659,6 +697,7 @@ def _csa_image_template(series: SeriesSpec, rows: int, cols: int, slice_location
         def values(i: int) -> list[str]:
             v = fn(i)
             return [str(x) for x in v] if isinstance(v, list | tuple) else [str(v)]
+
         return values
 
     e: list[tuple[str, str, Sequence[str] | Callable[[int], list[str]]]] = [
@@ -667,8 +706,7 @@ def _csa_image_template(series: SeriesSpec, rows: int, cols: int, slice_location
         ("EchoPartitionPosition", "IS", [str(int(part.max() + 1) // 2)]),
         ("UsedChannelMask", "UL", ["4095"]),
         ("Actual3DImaPartNumber", "IS", per(lambda i: int(part[i]))),
-        ("ICE_Dims", "LO",
-         per(lambda i: f"X_{int(echoes[i])}_1_1_{int(part[i]) + 1}_1_1_1_1_1_1_1_1")),
+        ("ICE_Dims", "LO", per(lambda i: f"X_{int(echoes[i])}_1_1_{int(part[i]) + 1}_1_1_1_1_1_1_1_1")),
         ("B_value", "IS", []),
         ("Filter1", "IS", []),
         ("Filter2", "IS", []),
@@ -754,8 +792,9 @@ def _validate(pixels: np.ndarray, series: SeriesSpec) -> np.ndarray:
     return px
 
 
-def encode_series(pixels: np.ndarray, series: SeriesSpec, study: StudyInfo, *,
-                  csa_header_bytes: int = 8192) -> list[tuple[str, bytes]]:
+def encode_series(
+    pixels: np.ndarray, series: SeriesSpec, study: StudyInfo, *, csa_header_bytes: int = 8192
+) -> list[tuple[str, bytes]]:
     """Encode a stack of 2D images as one Siemens MR DICOM series.
 
     Parameters
@@ -795,7 +834,7 @@ def encode_series(pixels: np.ndarray, series: SeriesSpec, study: StudyInfo, *,
     iop = np.asarray(series.image_orientation, dtype=float)
     row_sp, col_sp = series.pixel_spacing_mm
     # Centre of each slice (Siemens SlicePosition_PCS): IPP + half the in-plane extent.
-    centres = (pos + iop[:3] * col_sp * (cols - 1) / 2.0 + iop[3:] * row_sp * (rows - 1) / 2.0)
+    centres = pos + iop[:3] * col_sp * (cols - 1) / 2.0 + iop[3:] * row_sp * (rows - 1) / 2.0
 
     # Window from each image's value range, in modality (rescaled) units.
     flat = px.reshape(n, -1)
