@@ -66,10 +66,13 @@ def test_full_scale_dixon_matches_ukb_protocol(full_scale: Path) -> None:
             assert float(ds.PixelSpacing[0]) == pytest.approx(DIXON_PIXEL_SPACING_MM, abs=1e-6)
             assert float(ds.SliceThickness) == pytest.approx(station.slice_spacing_mm)
             n_files += len(s.headers)
-        # Slices are stacked head to foot with exactly the station's spacing and no gaps.
-        positions = np.array([h.ImagePositionPatient for h in group[0].headers], dtype=float)
-        gaps = np.diff(positions[:, 2])
-        np.testing.assert_allclose(np.abs(gaps), station.slice_spacing_mm, atol=1e-4)
+        # InstanceNumber runs head to foot with exactly the station's spacing and no gaps.
+        headers = sorted(group[0].headers, key=lambda h: int(h.InstanceNumber))
+        assert [int(h.InstanceNumber) for h in headers] == list(range(1, station.slices + 1))
+        positions = np.array([h.ImagePositionPatient for h in headers], dtype=float)
+        np.testing.assert_allclose(np.diff(positions[:, 2]), -station.slice_spacing_mm, atol=1e-4)
+        assert float(headers[0].PixelSpacing[1]) == pytest.approx(DIXON_PIXEL_SPACING_MM, abs=1e-6)
+        assert float(headers[0].SliceLocation) == pytest.approx(positions[0, 2], abs=1e-3)
         np.testing.assert_allclose(positions[:, :2], np.repeat(positions[:1, :2], len(positions), 0))
     assert n_files == 1328
 

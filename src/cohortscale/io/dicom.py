@@ -55,13 +55,22 @@ class Series:
     headers: list[pydicom.Dataset] = field(repr=False, default_factory=list)
 
 
+#: Part-10 DICOM files carry this marker after a 128-byte preamble.
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128
+
+
 def read_zip_datasets(path: str | Path) -> list[pydicom.Dataset]:
-    """Every DICOM dataset in a bulk zip (the manifest and other non-DICOM entries are skipped)."""
+    """Every DICOM dataset in a bulk zip, recognised by its content (the ``DICM`` marker), not its name;
+    the manifest and other entries are skipped."""
     datasets = []
     with zipfile.ZipFile(path) as zf:
-        for name in zf.namelist():
-            if name.lower().endswith(".dcm"):
-                datasets.append(pydicom.dcmread(io.BytesIO(zf.read(name))))
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            data = zf.read(info)
+            if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
+                datasets.append(pydicom.dcmread(io.BytesIO(data)))
     return datasets
 
 

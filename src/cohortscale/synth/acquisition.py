@@ -113,7 +113,10 @@ def station_slabs(
 
 def fused_grid(slabs: list[StationSlab], scale: float, centre_xy: tuple[float, float] = (0.0, 0.0)) -> Grid:
     """The cohort-wide neck-to-knee grid (2.232 × 2.232 × 3.0 mm at full scale) starting at station 1's
-    top slice and running down ``FUSED_SLICES`` slices."""
+    top slice and running down ``FUSED_SLICES`` slices.
+
+    Its index axes run to patient left, posterior and inferior (LPI); peers' NIfTI exports are LAS, so an
+    exporter flips rows and slices (the affine says so; no data are reordered here)."""
     rows, columns = scaled(FUSED_ROWS, scale), slabs[0].grid.shape[2]
     spacing = slabs[0].pixel_spacing_mm
     n = scaled(FUSED_SLICES, scale)
