@@ -74,11 +74,6 @@ def dixon_series_description(station: DixonStation, contrast: str) -> str:
     return prefix + DIXON_CONTRAST_SUFFIX[contrast]
 
 
-def dixon_series_number(station: DixonStation, contrast: str) -> int:
-    """SeriesNumber 1–24: station order, then in, opp, F, W."""
-    return 4 * (station.number - 1) + DIXON_CONTRASTS.index(contrast) + 1
-
-
 @dataclass(frozen=True)
 class DixonAcquisition:
     """Sequence parameters of the neck-to-knee Dixon (UKB.md: unverified, hence configurable).
