@@ -3,6 +3,7 @@ imitates, and pictures read back from the DICOM zips and the truth."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,29 @@ import zarr
 
 from cohortscale.io.dicom import read_zip_series
 from cohortscale.protocols import DIXON_FIELD
-from cohortscale.synth.population import PUBLISHED_MARGINALS
+from cohortscale.synth.population import PUBLISHED_MARGINALS, simulate_population
+
+#: Participants simulated for the table of marginals.
+MARGINALS_N = 50_000
+#: IDPs shown in the report's table.
+IDP_COLUMNS = (
+    "eid",
+    "instance",
+    "tmv_cm3",
+    "pa_ratio",
+    "thigh_asymmetry",
+    "vat_l",
+    "asat_l",
+    "slice_level",
+    "vbm_roi_voxels_20254",
+    "vbm_pdff_20254",
+    "vbm_ff_20254",
+    "vbm_iron_20254",
+    "liver_pdff_20254",
+    "vbm_pdff",
+    "vbm_ff",
+    "vbm_iron",
+)
 
 
 def marginals_table(population: pd.DataFrame) -> pd.DataFrame:
@@ -39,38 +62,43 @@ def marginals_table(population: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _coronal_extent(affine: np.ndarray, shape_zyx: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """Patient-mm extent (left, right, bottom, top) of a coronal section of an axial volume."""
+    n_slices, _, n_cols = shape_zyx
+    x0, dx, z0, dz = affine[0, 3], affine[0, 0], affine[2, 3], affine[2, 2]
+    xs = (x0 - dx / 2, x0 + dx * (n_cols - 0.5))
+    zs = (z0 - dz / 2, z0 + dz * (n_slices - 0.5))
+    return (min(xs), max(xs), min(zs), max(zs))
+
+
 def _coronal_figure(out: Path, eid: int, instance: int, path: Path) -> None:
-    """Water images of the six stations read back from the Dixon zip, and the truth on the fused grid."""
+    """Water images of the six stations read back from the Dixon zip, and the truth on the fused grid,
+    all placed in patient millimetres (superior up, patient right on the left)."""
     series = read_zip_series(out / "bulk" / f"{eid}_{DIXON_FIELD}_{instance}_0.zip")
     water = [s for s in series if s.description.endswith("_W")]
-    truth = zarr.open_group(str(out / "truth" / f"{eid}_{instance}" / "maps.zarr"), mode="r")
-    fused = truth["fused"]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 7))
-    z_extent = []
-    for s in water:
-        mid = s.pixels.shape[1] // 2
-        z0 = s.affine[2, 3]
-        z1 = z0 + s.affine[2, 2] * (s.pixels.shape[0] - 1)
-        width = s.pixels.shape[2] * s.affine[0, 0]
-        x0 = s.affine[0, 3]
-        axes[0].imshow(
-            s.pixels[::-1, mid, :],
-            cmap="gray",
-            extent=(x0, x0 + width, min(z0, z1), max(z0, z1)),
-            alpha=0.7,
-        )
-        z_extent += [z0, z1]
-    axes[0].set_xlim(-250, 250)
-    axes[0].set_ylim(min(z_extent) - 10, max(z_extent) + 10)
-    axes[0].set_title("DICOM water, 6 stations\n(mid-coronal, patient mm)")
-    mid = fused["labels"].shape[1] // 2
+    fused = zarr.open_group(str(out / "truth" / f"{eid}_{instance}" / "maps.zarr"), mode="r")["fused"]
+    fused_affine = np.asarray(fused.attrs["affine"])
+    fig, axes = plt.subplots(1, 4, figsize=(15, 8), sharey=True)
+    for s in water:  # read_zip_series stacks slices feet→head
+        section = s.pixels[:, s.pixels.shape[1] // 2, :]
+        axes[0].imshow(section, cmap="gray", origin="lower", extent=_coronal_extent(s.affine, s.pixels.shape))
+    axes[0].set_title("DICOM water, 6 stations")
+    row = fused["labels"].shape[1] // 2
     for ax, name, cmap in zip(axes[1:], ("water", "ff", "labels"), ("gray", "magma", "tab20"), strict=True):
-        ax.imshow(np.asarray(fused[name][:, mid, :]), cmap=cmap, aspect="auto", interpolation="nearest")
+        section = np.asarray(fused[name][:, row, :])  # fused slices run head→feet
+        ax.imshow(
+            section,
+            cmap=cmap,
+            interpolation="nearest",
+            extent=_coronal_extent(fused_affine, fused[name].shape),
+        )
         ax.set_title(f"truth: {name} (fused grid)")
     for ax in axes:
-        ax.set_xticks([])
-    fig.suptitle(f"participant {eid}, instance {instance}")
-    fig.tight_layout()
+        ax.set_xlim(-250, 250)
+        ax.set_xlabel("x (mm, patient left →)")
+    axes[0].set_ylabel("z (mm, superior ↑)")
+    fig.suptitle(f"participant {eid}, instance {instance}: mid-coronal sections")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -106,17 +134,21 @@ def write_synth_report(out: Path) -> Path:
     population = pd.read_csv(out / "truth" / "population.csv")
     idps = pd.read_csv(out / "truth" / "idps.csv")
     anomalies = pd.read_csv(out / "truth" / "anomalies.csv")
-    marginals = marginals_table(population)
+    # Eight participants say little about marginals: compare the generative model at a cohort's size.
+    config = json.loads((out / "truth" / "config.json").read_text())["config"]
+    marginals = marginals_table(simulate_population(MARGINALS_N, config["seed"]))
     parts = [
         "<h1>cohortscale synthetic cohort</h1>",
         f"<p>{len(population)} participants, {len(idps)} imaging visits. Files: <code>bulk/</code> "
         "(UK Biobank-style zips), <code>phenotypes.csv</code> (ukbconv), <code>truth/</code>.</p>",
         "<h2>Phenotypes against the published cohorts (STUDIES.md §1–2)</h2>",
+        f"<p>The population model this cohort is drawn from, at n = {MARGINALS_N:,}.</p>",
         marginals.to_html(index=False, float_format=lambda v: f"{v:.2f}"),
         "<h2>Injected anomalies</h2>",
         anomalies.to_html(index=False) if len(anomalies) else "<p>none</p>",
         "<h2>True image-derived phenotypes</h2>",
-        idps.to_html(index=False, float_format=lambda v: f"{v:.2f}"),
+        idps[[c for c in IDP_COLUMNS if c in idps]].to_html(index=False, float_format=lambda v: f"{v:.2f}"),
+        "<p>All columns: <code>truth/idps.csv</code>.</p>",
     ]
     if "source" in idps and (idps["source"] == "anatomy").any():
         broken = set(anomalies.loc[anomalies["anomaly"] == "corrupt_zip", "eid"])
