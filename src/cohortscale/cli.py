@@ -23,10 +23,18 @@ DEMO_SETTINGS: dict[str, object] = {
 
 
 def _synth_config(
-    config_file: str | None, overrides: dict[str, object], sets: tuple[str, ...]
+    config_file: str | None,
+    overrides: dict[str, object],
+    sets: tuple[str, ...],
+    base: SynthConfig | None = None,
 ) -> SynthConfig:
-    base = load_config(SynthConfig, config_file, {k: v for k, v in overrides.items() if v is not None})
-    return load_config(SynthConfig, overrides=list(sets), base=base)
+    """Defaults (or ``base``) ← TOML file ← options ← ``--set`` pairs; a bad setting is a usage error."""
+    try:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        config = load_config(SynthConfig, config_file, given, base=base)
+        return load_config(SynthConfig, overrides=list(sets), base=config)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc).strip("'\"")) from exc
 
 
 @click.group()
@@ -95,9 +103,7 @@ def demo(out: str, sets: tuple[str, ...]) -> None:
     from cohortscale.report.synth_report import write_synth_report
     from cohortscale.synth import synthesize
 
-    config = load_config(
-        SynthConfig, overrides=list(sets), base=load_config(SynthConfig, overrides=DEMO_SETTINGS)
-    )
+    config = _synth_config(None, {}, sets, base=load_config(SynthConfig, overrides=DEMO_SETTINGS))
     summary = synthesize(config, out)
     _echo_summary(summary)
     report = write_synth_report(Path(out))

@@ -152,11 +152,12 @@ def write_synth_report(out: Path) -> Path:
     ]
     if "source" in idps and (idps["source"] == "anatomy").any():
         broken = set(anomalies.loc[anomalies["anomaly"] == "corrupt_zip", "eid"])
-        first = idps.loc[~idps["eid"].isin(broken)].iloc[0]
-        eid, instance = int(first["eid"]), int(first["instance"])
-        _coronal_figure(out, eid, instance, out / "coronal.png")
-        _multiecho_figure(out, eid, instance, out / "multiecho.png")
-        parts[2:2] = ['<img src="coronal.png" width="100%">', '<img src="multiecho.png" width="100%">']
+        readable = idps.loc[~idps["eid"].isin(broken)]
+        if len(readable):
+            eid, instance = int(readable["eid"].iloc[0]), int(readable["instance"].iloc[0])
+            _coronal_figure(out, eid, instance, out / "coronal.png")
+            _multiecho_figure(out, eid, instance, out / "multiecho.png")
+            parts[2:2] = ['<img src="coronal.png" width="100%">', '<img src="multiecho.png" width="100%">']
     page = "<!doctype html><meta charset='utf-8'><title>cohortscale synthetic cohort</title>"
     page += "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{font-size:80%}</style>"
     page += "\n".join(parts)
