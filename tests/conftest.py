@@ -14,8 +14,8 @@ NO_ANOMALIES = {f"anomalies.{f.name}": 0.0 for f in dataclasses.fields(AnomalyRa
 
 
 def make_config(**overrides: object) -> SynthConfig:
-    """A quarter-scale config with no anomalies unless asked, overridden with dotted keys."""
-    settings = {"scale": 0.25, "participants": 1, **NO_ANOMALIES, **overrides}
+    """A quarter-scale config with no anomalies or repeat visits unless asked (dotted keys override)."""
+    settings = {"scale": 0.25, "participants": 1, "repeat_visit_rate": 0.0, **NO_ANOMALIES, **overrides}
     return load_config(SynthConfig, overrides=settings)
 
 

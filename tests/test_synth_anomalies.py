@@ -189,3 +189,30 @@ def test_repeat_visits(clean_cohort: Path) -> None:
         assert first.StudyInstanceUID != repeat.StudyInstanceUID
         assert first.StudyDate < repeat.StudyDate
         assert int(repeat.PatientAge[:3]) >= int(first.PatientAge[:3])
+
+
+def test_quality_control_anomalies(make_cohort) -> None:
+    """Anomalies the bone-marrow study's QC must catch: no multi-echo slice, or a slice missing the spine."""
+    missing = make_cohort("no_multiecho", participants=1, seed=8, **{"anomalies.missing_multiecho": 1.0})
+    eid = eids_of(missing)[0]
+    assert not list((missing / "bulk").glob(f"{eid}_20254_*"))
+    idps = pd.read_csv(missing / "truth" / "idps.csv")
+    assert "vbm_pdff_20254" not in idps or idps["vbm_pdff_20254"].isna().all()
+    assert (eid, "missing_multiecho") in anomalies_of(missing)
+
+    disc = make_cohort(
+        "disc_slice",
+        participants=2,
+        seed=8,
+        scale=0.5,
+        repeat_visit_rate=0.0,
+        **{"anomalies.slice_through_disc": 1.0},
+    )
+    idps = pd.read_csv(disc / "truth" / "idps.csv")
+    found = anomalies_of(disc)
+    for row in idps.itertuples():
+        record = found[(row.eid, "slice_through_disc")]
+        series = read_zip_series(disc / "bulk" / f"{row.eid}_20254_{row.instance}_0.zip")
+        assert float(series[0].affine[2, 3]) == pytest.approx(record["z_mm"], abs=0.01)
+        assert row.vbm_roi_voxels_20254 < 64  # below the study's minimum ROI
+        assert row.liver_pdff_20254 > 0  # the slice still crosses the liver

@@ -54,6 +54,10 @@ class AnomalyRates:
     """One DICOM file in the Dixon zip cut short."""
     corrupt_zip: float = 0.005
     """The Dixon zip damaged so that it cannot be opened as an archive."""
+    missing_multiecho: float = 0.01
+    """No multi-echo acquisition at this visit (the bone-marrow study excludes such participants)."""
+    slice_through_disc: float = 0.01
+    """The multi-echo slice planned through an intervertebral disc, missing the vertebral marrow."""
     size_mismatch: float = 0.005
     """The fat series of one station one slice shorter than its water series."""
 

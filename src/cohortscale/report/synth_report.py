@@ -151,8 +151,12 @@ def write_synth_report(out: Path) -> Path:
         "<p>All columns: <code>truth/idps.csv</code>.</p>",
     ]
     if "source" in idps and (idps["source"] == "anatomy").any():
-        broken = set(anomalies.loc[anomalies["anomaly"] == "corrupt_zip", "eid"])
-        readable = idps.loc[~idps["eid"].isin(broken)]
+        # Show a visit whose zips are intact and which has its multi-echo slice.
+        unusable = anomalies["anomaly"].isin(["corrupt_zip", "missing_multiecho"])
+        broken = set(zip(anomalies.loc[unusable, "eid"], anomalies.loc[unusable, "instance"], strict=True))
+        readable = idps.loc[
+            [(e, i) not in broken for e, i in zip(idps["eid"], idps["instance"], strict=True)]
+        ]
         if len(readable):
             eid, instance = int(readable["eid"].iloc[0]), int(readable["instance"].iloc[0])
             _coronal_figure(out, eid, instance, out / "coronal.png")

@@ -161,6 +161,10 @@ def draw_anomalies(config: SynthConfig, rng: np.random.Generator) -> dict[str, d
         drawn["truncated_dicom"] = {}
     if rng.random() < rates.corrupt_zip:
         drawn["corrupt_zip"] = {}
+    if rng.random() < rates.missing_multiecho:
+        drawn["missing_multiecho"] = {}
+    if rng.random() < rates.slice_through_disc:
+        drawn["slice_through_disc"] = {}
     if rng.random() < rates.size_mismatch:
         drawn["size_mismatch"] = {"station": int(rng.integers(1, 7)), "series": "fat", "slices_missing": 1}
     return drawn
@@ -258,9 +262,16 @@ def generate_visit(
     idps: dict[str, Any] = volume_idps(body, full_resolution_grid(slabs))
     fgrid = fused_grid(slabs, config.scale)
     write_arrays(root.require_group("fused"), fused_truth(body, fgrid, tables, tissues.pdff, s0, bias), fgrid)
-    for fld in config.multiecho_fields:
+    z_slice = float(body.landmarks[slice_level][2])
+    if "slice_through_disc" in anomalies:
+        # Mis-planned slice: through the disc below the level, so it misses the vertebral marrow.
+        below = VERTEBRAE[VERTEBRAE.index(slice_level) + 1]
+        z_slice = 0.5 * (body.vertebra_extent[slice_level][0] + body.vertebra_extent[below][1])
+        anomalies["slice_through_disc"].update(level=slice_level, z_mm=round(z_slice, 2))
+    acquired = () if "missing_multiecho" in anomalies else config.multiecho_fields
+    for fld in acquired:
         protocol = config.multiecho_protocol(fld)
-        grid = multiecho_grid(protocol, config.scale, float(body.landmarks[slice_level][2]))
+        grid = multiecho_grid(protocol, config.scale, z_slice)
         me_files, maps = _multiecho_series(
             body, grid, protocol, tissues, spectrum, frequency_hz, config, study, clock, fields_rng, noise_rng
         )
@@ -282,6 +293,7 @@ def generate_visit(
         "instance": instance,
         "fingerprint": visit_fingerprint(subject, config),
         "idps": idps,
+        "landmarks_lps_mm": {k: [round(float(c), 3) for c in v] for k, v in body.landmarks.items()},
         "anomalies": records,
         "files": files,
     }
