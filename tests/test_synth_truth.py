@@ -146,3 +146,16 @@ def test_rerun_resumes(clean_cohort: Path) -> None:
     summary = synthesize(load_config(SynthConfig, overrides=config), clean_cohort, progress=False)
     assert summary.generated == 0 and summary.skipped == summary.visits == 6
     assert (clean_cohort / "truth" / "idps.csv").read_text() == before
+
+
+def test_landmarks_sit_in_their_structures(make_cohort) -> None:
+    cohort = make_cohort("full_scale", scale=1.0, seed=3)
+    eid = first_eid(cohort)
+    summary = json.loads((cohort / "truth" / f"{eid}_2" / "idp.json").read_text())
+    fused = visit_truth(cohort, eid)["fused"]
+    labels, inverse = np.asarray(fused["labels"]), np.linalg.inv(np.asarray(fused.attrs["affine"]))
+    expected = {**{v: v for v in VERTEBRAE}, "hip_left": "femur_left", "hip_right": "femur_right"}
+    for name, structure in expected.items():
+        point = np.array(summary["landmarks_lps_mm"][name])
+        i, j, k = np.rint(inverse[:3, :3] @ point + inverse[:3, 3]).astype(int)
+        assert labels[k, j, i] == LABELS[structure], name
