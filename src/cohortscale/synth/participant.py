@@ -90,8 +90,8 @@ TRUNCATE_KEEP = 0.6
 #: UK Biobank participants whose PatientID carries a suffix, fraction.
 PATIENT_SUFFIX_RATE = 0.3
 #: Grid scale and iterations used to calibrate the anatomy's volumes.
-CALIBRATION_SCALE = 0.5
-CALIBRATION_STEPS = 2
+CALIBRATION_SCALE = 1.0
+CALIBRATION_STEPS = 3
 #: Half-extent (x, y) of the box holding the coil field's bumps, mm.
 COIL_BOX_XY_MM = (250.0, 200.0)
 #: Study start time of day, minutes after midnight (range).
