@@ -28,7 +28,7 @@ def joined(cohort: Path) -> pd.DataFrame:
 
 def test_volumes_match_population_targets(clean_cohort: Path) -> None:
     table = joined(clean_cohort)
-    for name, tolerance in (("tmv_cm3", 0.03), ("vat_l", 0.05), ("asat_l", 0.05), ("pa_ratio", 0.03)):
+    for name, tolerance in (("tmv_cm3", 0.01), ("vat_l", 0.02), ("asat_l", 0.02), ("pa_ratio", 0.01)):
         np.testing.assert_allclose(table[name], table[f"{name}_target"], rtol=tolerance, err_msg=name)
     np.testing.assert_allclose(table["thigh_asymmetry"], table["thigh_asymmetry_target"], atol=0.01)
 

@@ -89,8 +89,7 @@ GHOST_AMPLITUDE = 0.45
 TRUNCATE_KEEP = 0.6
 #: UK Biobank participants whose PatientID carries a suffix, fraction.
 PATIENT_SUFFIX_RATE = 0.3
-#: Grid scale and iterations used to calibrate the anatomy's volumes.
-CALIBRATION_SCALE = 1.0
+#: Iterations used to calibrate the anatomy's volumes.
 CALIBRATION_STEPS = 3
 #: Half-extent (x, y) of the box holding the coil field's bumps, mm.
 COIL_BOX_XY_MM = (250.0, 200.0)
@@ -336,10 +335,10 @@ def calibrated_body(
     """Build the body, correcting its thigh-muscle and visceral-fat inputs so the painted volumes land
     on the population model's targets (organs and bones overlap the analytic shapes)."""
     inputs = dict(subject)
-    coarse = fused_grid(slabs, CALIBRATION_SCALE)
+    grid = full_resolution_grid(slabs)  # the grid the true volumes are counted on
     for _ in range(CALIBRATION_STEPS):
         body = build_body(inputs, np.random.default_rng(anatomy_seed), TABLE_TOP_Y_MM, z_vertex)
-        measured = volume_idps(body, coarse)
+        measured = volume_idps(body, grid)
         for key in ("tmv_cm3", "vat_l", "asat_l", "pa_ratio"):
             inputs[key] = inputs[key] * float(subject[key]) / max(measured[key], 1e-6)
     return build_body(inputs, np.random.default_rng(anatomy_seed), TABLE_TOP_Y_MM, z_vertex)
