@@ -51,3 +51,24 @@ def noiseless_cohort(make_cohort) -> Path:
         edge_rolloff=0.0,
         multiecho_fields="20254,20203",
     )
+
+
+ALL_BUT_CORRUPT = {
+    f"anomalies.{name}": 1.0
+    for name in (
+        "duplicate_station",
+        "missing_series",
+        "short_station",
+        "swap_station",
+        "swap_leg",
+        "ghost_slices",
+        "truncated_dicom",
+        "size_mismatch",
+    )
+}
+
+
+@pytest.fixture(scope="session")
+def anomalous(make_cohort) -> Path:
+    """Two participants with every anomaly but a corrupt zip."""
+    return make_cohort("anomalous", participants=2, seed=11, **ALL_BUT_CORRUPT)

@@ -16,26 +16,8 @@ import pytest
 from cohortscale.io.dicom import read_zip_series, stack_series
 from cohortscale.protocols import UKB_DIXON_STATIONS
 from cohortscale.synth.acquisition import scaled
+from conftest import ALL_BUT_CORRUPT
 from synth_helpers import dixon_series, truth_at, visit_truth
-
-ALL_BUT_CORRUPT = {
-    f"anomalies.{name}": 1.0
-    for name in (
-        "duplicate_station",
-        "missing_series",
-        "short_station",
-        "swap_station",
-        "swap_leg",
-        "ghost_slices",
-        "truncated_dicom",
-        "size_mismatch",
-    )
-}
-
-
-@pytest.fixture(scope="module")
-def anomalous(make_cohort) -> Path:
-    return make_cohort("anomalous", participants=2, seed=11, **ALL_BUT_CORRUPT)
 
 
 def anomalies_of(cohort: Path) -> dict[tuple[int, str], dict]:

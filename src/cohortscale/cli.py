@@ -8,6 +8,7 @@ import click
 
 from cohortscale import __version__
 from cohortscale.config import SynthConfig, load_config
+from cohortscale.pipeline.run import RunConfig
 
 #: Settings of the embedded demo: a small cohort at quarter scale where anomalies are common enough to see.
 DEMO_SETTINGS: dict[str, object] = {
@@ -93,6 +94,66 @@ def _echo_summary(summary) -> None:
         counts = summary.anomalies["anomaly"].value_counts().sort_index()
         click.echo("anomalies injected: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo(f"written to {summary.out}")
+
+
+def _cluster_options(func):
+    """Options every Dask-running command shares."""
+    for option in reversed(
+        (
+            click.option("--workers", type=int, help="Worker processes of the embedded cluster."),
+            click.option("--threads", type=int, help="Threads per worker.  [default: 1]"),
+            click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port)."),
+            click.option(
+                "--gpus", is_flag=True, help="Use dask-cuda's LocalCUDACluster (one worker per GPU)."
+            ),
+            click.option("--batch-size", type=int, help="Visits per task (default: from the stage's cost)."),
+            click.option(
+                "--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML."
+            ),
+            click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="e.g. cluster.workers=4."),
+        )
+    ):
+        func = option(func)
+    return func
+
+
+def _run_config(config_file: str | None, sets: tuple[str, ...], **options: object) -> RunConfig:
+    keys = {
+        "workers": "cluster.workers",
+        "threads": "cluster.threads",
+        "scheduler": "cluster.scheduler",
+        "gpus": "cluster.gpus",
+        "batch_size": "engine.batch_size",
+    }
+    given = {keys[k]: v for k, v in options.items() if v not in (None, False)}
+    try:
+        config = load_config(RunConfig, config_file, given)
+        return load_config(RunConfig, overrides=list(sets), base=config)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc).strip("'\"")) from exc
+
+
+@main.command()
+@click.argument("bulk", type=click.Path(file_okay=False, exists=True))
+@click.option("--store", type=click.Path(file_okay=False), required=True, help="Cohort store (Zarr v3).")
+@_cluster_options
+def ingest(bulk: str, store: str, config_file: str | None, sets: tuple[str, ...], **options: object) -> None:
+    """Convert the UK Biobank bulk zips in BULK into the cohort store, once (resumable)."""
+    from cohortscale.pipeline.ingest import run_ingest
+
+    run = _run_config(config_file, sets, **options)
+    report = run_ingest(bulk, store, run.ingest, run.engine, run.cluster)
+    click.echo(str(report))
+    click.echo(f"store: {store}  (cohortscale status {store})")
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+def status(store: str) -> None:
+    """Done / quarantined / failed / pending visits per stage of STORE, with reasons."""
+    from cohortscale.pipeline.status import store_status
+
+    click.echo(store_status(store))
 
 
 @main.command()

@@ -1,0 +1,28 @@
+"""Settings of a pipeline run, grouped so one TOML file (or ``--set section.key=value``) configures it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cohortscale.pipeline.cluster import ClusterConfig
+from cohortscale.pipeline.engine import EngineConfig
+from cohortscale.pipeline.ingest import IngestConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Cluster, engine and per-stage settings of a run.
+
+    Attributes
+    ----------
+    cluster : ClusterConfig
+        Where the work runs (embedded LocalCluster, LocalCUDACluster or a scheduler address).
+    engine : EngineConfig
+        Batching, window of tasks in flight, retries, progress display.
+    ingest : IngestConfig
+        Series patterns, archive limits, phase scaling of the ingest stage.
+    """
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
