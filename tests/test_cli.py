@@ -8,6 +8,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from cohortscale.cli import main
+from cohortscale.io.ledger import Ledger
 
 
 def test_synth_command(tmp_path: Path) -> None:
@@ -40,6 +41,10 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     page = (out / "report.html").read_text()
     assert '<img src="coronal.png"' in page and "Phenotypes against the published cohorts" in page
+    assert "Ingest: bulk zips" in page and "ingest:" in result.output
+    recorded = Ledger(out / "cohort.zarr").read("ingest")
+    assert len(recorded) == 2 and set(recorded["status"]) <= {"done", "quarantined"}
+    assert (out / "cohort.zarr" / "manifest.parquet").exists()
     assert (out / "coronal.png").stat().st_size > 10_000 and (out / "multiecho.png").exists()
 
 
@@ -47,3 +52,16 @@ def test_bad_setting_is_reported(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--set", "anomalies.nonsense=1"])
     assert result.exit_code != 0
     assert "anomalies.nonsense" in result.output and "Traceback" not in result.output
+
+
+def test_ingest_and_status_commands(make_cohort, tmp_path: Path) -> None:
+    cohort = make_cohort("corrupt", participants=1, seed=5, **{"anomalies.corrupt_zip": 1.0})
+    store = tmp_path / "store.zarr"
+    args = ["ingest", str(cohort / "bulk"), "--store", str(store), "--workers", "1"]
+    lenient = CliRunner().invoke(main, args)
+    assert lenient.exit_code == 0, lenient.output
+    assert "1 quarantined" in lenient.output
+    strict = CliRunner().invoke(main, [*args, "--strict"])
+    assert strict.exit_code == 1  # nothing new to do, but the cohort still holds a quarantined visit
+    status = CliRunner().invoke(main, ["status", str(store)])
+    assert status.exit_code == 0 and "corrupt_zip" in status.output and "quarantined" in status.output

@@ -7,4 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+from cohortscale.io.store import open_cohort
+
+__all__ = ["__version__", "open_cohort"]

@@ -10,6 +10,8 @@ from cohortscale import __version__
 from cohortscale.config import SynthConfig, load_config
 from cohortscale.pipeline.run import RunConfig
 
+#: Where the demo writes its cohort store, inside its output folder.
+DEMO_STORE = "cohort.zarr"
 #: Settings of the embedded demo: a small cohort at quarter scale where anomalies are common enough to see.
 DEMO_SETTINGS: dict[str, object] = {
     "participants": 8,
@@ -136,15 +138,26 @@ def _run_config(config_file: str | None, sets: tuple[str, ...], **options: objec
 @main.command()
 @click.argument("bulk", type=click.Path(file_okay=False, exists=True))
 @click.option("--store", type=click.Path(file_okay=False), required=True, help="Cohort store (Zarr v3).")
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any visit is quarantined or failed.")
 @_cluster_options
-def ingest(bulk: str, store: str, config_file: str | None, sets: tuple[str, ...], **options: object) -> None:
-    """Convert the UK Biobank bulk zips in BULK into the cohort store, once (resumable)."""
+def ingest(
+    bulk: str, store: str, strict: bool, config_file: str | None, sets: tuple[str, ...], **options: object
+) -> None:
+    """Convert the UK Biobank bulk zips in BULK into the cohort store, once (resumable).
+
+    With --strict the exit status is 1 while any visit of the store is quarantined or failed."""
     from cohortscale.pipeline.ingest import run_ingest
 
     run = _run_config(config_file, sets, **options)
     report = run_ingest(bulk, store, run.ingest, run.engine, run.cluster)
     click.echo(str(report))
     click.echo(f"store: {store}  (cohortscale status {store})")
+    if strict:
+        from cohortscale.io.ledger import Ledger
+
+        # The cohort's state, not just this run's: earlier quarantines count too.
+        if (Ledger(store).read("ingest")["status"] != "done").any():
+            raise SystemExit(1)
 
 
 @main.command()
@@ -160,12 +173,19 @@ def status(store: str) -> None:
 @click.option("--out", "out", type=click.Path(file_okay=False), default="demo", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a demo setting.")
 def demo(out: str, sets: tuple[str, ...]) -> None:
-    """Run the main job on the embedded default: a small synthetic cohort and its report."""
+    """Run the main job on the embedded default: a synthetic cohort through the pipeline, and its report."""
+    from cohortscale.pipeline.cluster import ClusterConfig
+    from cohortscale.pipeline.ingest import run_ingest
+    from cohortscale.pipeline.status import status_html
     from cohortscale.report.synth_report import write_synth_report
     from cohortscale.synth import synthesize
 
     config = _synth_config(None, {}, sets, base=load_config(SynthConfig, overrides=DEMO_SETTINGS))
     summary = synthesize(config, out)
     _echo_summary(summary)
-    report = write_synth_report(Path(out))
-    click.echo(f"report: {report}")
+    store = Path(out) / DEMO_STORE
+    ingest_report = run_ingest(Path(out) / "bulk", store, cluster=ClusterConfig(workers=config.workers))
+    click.echo(str(ingest_report))
+    sections = {"Ingest: bulk zips → cohort store": f"<p>{ingest_report}</p>" + status_html(store)}
+    report = write_synth_report(Path(out), sections)
+    click.echo(f"store: {store}\nreport: {report}")

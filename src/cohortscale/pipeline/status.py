@@ -35,11 +35,27 @@ def store_status(store: str | Path) -> str:
     lines = [f"{store}: {total} participant visits"]
     table = status_table(store)
     lines.append(table.to_string(index=False) if len(table) else "no stage has run yet")
-    manifest_path = Path(store) / MANIFEST_FILE
-    if manifest_path.exists():
-        manifest = pd.read_parquet(manifest_path)
-        problems = manifest.loc[(manifest["decision"] != "kept") | (manifest["reason"].fillna("") != "")]
-        if len(problems):
-            counts = problems.groupby(["decision", "reason"]).size().rename("series").reset_index()
-            lines += ["", "manifest (series not kept as they are):", counts.to_string(index=False)]
+    counts = manifest_summary(store)
+    if len(counts):
+        lines += ["", "series in manifest.parquet:", counts.to_string(index=False)]
     return "\n".join(lines)
+
+
+def manifest_summary(store: str | Path) -> pd.DataFrame:
+    """Series counts by decision and reason (from ``manifest.parquet``), empty when absent."""
+    path = Path(store) / MANIFEST_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=["decision", "reason", "series"])
+    manifest = pd.read_parquet(path)
+    manifest["reason"] = manifest["reason"].fillna("")
+    return manifest.groupby(["decision", "reason"]).size().rename("series").reset_index()
+
+
+def status_html(store: str | Path) -> str:
+    """Status and manifest tables as HTML, for reports."""
+    return (
+        f"<p>Store <code>{Path(store).name}</code>.</p>"
+        + status_table(store).to_html(index=False)
+        + "<p>Series decisions (manifest.parquet):</p>"
+        + manifest_summary(store).to_html(index=False)
+    )

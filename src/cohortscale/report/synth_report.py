@@ -4,6 +4,7 @@ imitates, and pictures read back from the DICOM zips and the truth."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -128,8 +129,11 @@ def _multiecho_figure(out: Path, eid: int, instance: int, path: Path) -> None:
     plt.close(fig)
 
 
-def write_synth_report(out: Path) -> Path:
-    """Write ``out/report.html`` (and its PNG figures) for the cohort in ``out``; return its path."""
+def write_synth_report(out: Path, sections: Mapping[str, str] | None = None) -> Path:
+    """Write ``out/report.html`` (and its PNG figures) for the cohort in ``out``; return its path.
+
+    ``sections`` maps a heading to ready HTML (e.g. what the pipeline did with the cohort), placed first.
+    """
     out = Path(out)
     population = pd.read_csv(out / "truth" / "population.csv")
     idps = pd.read_csv(out / "truth" / "idps.csv")
@@ -164,6 +168,8 @@ def write_synth_report(out: Path) -> Path:
             parts[2:2] = ['<img src="coronal.png" width="100%">', '<img src="multiecho.png" width="100%">']
     page = "<!doctype html><meta charset='utf-8'><title>cohortscale synthetic cohort</title>"
     page += "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{font-size:80%}</style>"
+    for heading, body in reversed(list((sections or {}).items())):
+        parts[2:2] = [f"<h2>{heading}</h2>", body]
     page += "\n".join(parts)
     path = out / "report.html"
     path.write_text(page)
