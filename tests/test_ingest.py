@@ -213,3 +213,31 @@ def test_store_opens_as_xarray(clean_store: Path) -> None:
     assert ds["multiecho/20254/signal"].dtype == np.complex64
     root = zarr.open_group(str(clean_store), mode="r")
     assert root.attrs["cohortscale_version"]
+
+
+def test_plain_folders_and_inconsistent_shapes(
+    clean_cohort: Path, clean_store: Path, noiseless_cohort: Path, tmp_path: Path
+) -> None:
+    """An extracted folder ingests like its zip; a visit whose matrices do not fit is quarantined."""
+    bulk = tmp_path / "bulk"
+    bulk.mkdir()
+    zips = sorted((clean_cohort / "bulk").glob("*_20201_2_0.zip"))[:2]
+    with zipfile.ZipFile(zips[0]) as zf:
+        zf.extractall(bulk / zips[0].stem)
+    (bulk / zips[1].name).write_bytes(zips[1].read_bytes())
+    half_scale = sorted((noiseless_cohort / "bulk").glob("*_20201_2_0.zip"))[0]
+    (bulk / half_scale.name).write_bytes(half_scale.read_bytes())
+    store = tmp_path / "store.zarr"
+    report = ingest(bulk, store)
+    assert report.done == 2 and report.quarantined == 1
+    status = Ledger(store).read("ingest").set_index("participant")
+    odd = half_scale.name.split("_")[0] + "_2"
+    assert status.loc[odd, "reason"] == "no_dixon_data"
+    odd_rows = manifest(store).query("participant == @odd")
+    assert (odd_rows["reason"] == "shape_mismatch").sum() == 24
+    folder_key = zips[0].name.split("_")[0] + "_2"
+    mine, theirs = open_cohort(store), open_cohort(clean_store)
+    for name in ("dixon/station4/water", "dixon/station4/affine", "dixon/station4/slices"):
+        np.testing.assert_array_equal(
+            mine[name].sel(participant=folder_key), theirs[name].sel(participant=folder_key)
+        )

@@ -104,9 +104,14 @@ def prepare_store(bulk: str | Path, store: str | Path, config: IngestConfig) -> 
 
 
 def infer_layout(visits: list[VisitFiles], config: IngestConfig) -> StoreLayout:
-    """Array shapes from the headers of a sample of visits (see :func:`prepare_store`)."""
-    stations: dict[int, tuple[int, int, int]] = {}
-    multiecho: dict[int, tuple[int, int, int, int]] = {}
+    """Array shapes from the headers of a sample of visits (see :func:`prepare_store`).
+
+    Each station takes the most common in-plane matrix of the sample and the most slices seen with it;
+    each multi-echo field the most common matrix and the most dynamics and echoes. A visit acquired
+    differently then fails to fit and is quarantined, rather than reshaping the cohort.
+    """
+    station_seen: dict[int, Counter[tuple[int, int, int]]] = {}
+    echo_seen: dict[int, Counter[tuple[int, int, int, int]]] = {}
     sampled = 0
     for visit in visits:
         if sampled >= config.layout_sample:
@@ -119,16 +124,27 @@ def infer_layout(visits: list[VisitFiles], config: IngestConfig) -> StoreLayout:
             continue
         sampled += 1
         for s in dixon:
-            rows, cols = s.rows_columns
-            nz = max(len(s.datasets), stations.get(s.station, (0, 0, 0))[0])
-            stations[s.station] = (nz, rows, cols)
-        for field_id in {s.field for s in series if s.kind == "multiecho"}:
+            station_seen.setdefault(s.station, Counter())[(*s.rows_columns, len(s.datasets))] += 1
+        for field_id in sorted({s.field for s in series if s.kind == "multiecho"}):
             mags = [s for s in series if s.field == field_id and s.contrast == "magnitude"]
-            rows, cols = mags[0].rows_columns
-            old = multiecho.get(field_id, (0, 0, 0, 0))
             echoes = max(len(m.datasets) for m in mags)
-            multiecho[field_id] = (max(len(mags), old[0]), max(echoes, old[1]), rows, cols)
-    return StoreLayout(stations, multiecho)
+            echo_seen.setdefault(field_id, Counter())[(*mags[0].rows_columns, len(mags), echoes)] += 1
+    stations = {k: _largest_of_modal_matrix(seen) for k, seen in station_seen.items()}
+    multiecho = {f: _largest_of_modal_matrix(seen) for f, seen in echo_seen.items()}
+    return StoreLayout(
+        {k: (n, rows, cols) for k, (rows, cols, n) in stations.items()},
+        {f: (nd, ne, rows, cols) for f, (rows, cols, nd, ne) in multiecho.items()},
+    )
+
+
+def _largest_of_modal_matrix(seen: Counter[tuple[int, ...]]) -> tuple[int, ...]:
+    """``(rows, cols, *counts)``: the most common (rows, cols) and, among those, the largest counts."""
+    matrices = Counter()
+    for key, n in seen.items():
+        matrices[key[:2]] += n
+    rows_cols = matrices.most_common(1)[0][0]
+    counts = [key[2:] for key in seen if key[:2] == rows_cols]
+    return (*rows_cols, *np.max(np.array(counts), axis=0).tolist())
 
 
 def _read_series(
