@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from cohortscale.config import config_to_dict
 from cohortscale.io.classify import (
     Problem,
     SeriesInfo,
@@ -98,7 +99,8 @@ def prepare_store(bulk: str | Path, store: str | Path, config: IngestConfig) -> 
     layout = layout_of(root)
     if not layout.stations:
         layout = infer_layout(found, config)
-    create_store(store, [(v.key, v.eid, v.instance) for v in found], layout)
+    root = create_store(store, [(v.key, v.eid, v.instance) for v in found], layout)
+    root.attrs["ingest_config"] = config_to_dict(config)
     (Path(store) / MANIFEST_PARTS).mkdir(exist_ok=True)
     return visits_from_bulk(bulk, config.fields, participant_rows(open_store(store)))
 
