@@ -497,7 +497,9 @@ def main() -> None:
         visits = visit_zips(bulk)  # all of them: the ingest takes the whole folder
         notes = [
             f"{len(visits)} full-scale synthetic participants (20201 + 20254 zips, no anomalies), "
-            f"{args.workers} worker processes for every tool; zips in the page cache for all of them."
+            f"{args.workers} worker processes for every tool; zips in the page cache for all of them. "
+            f"Load average before the measurements: {os.getloadavg()[0]:.2f} (anything else running "
+            "skews every row)."
         ]
 
         binary = find_dcm2niix()
