@@ -490,6 +490,7 @@ def main() -> None:
     parser.add_argument("--cohort", type=Path, help="reuse this synthetic cohort (its bulk/ folder)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one ingest_visit call")
     args = parser.parse_args()
+    load = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="ingest-throughput-") as tmp:
         scratch = Path(tmp)
@@ -498,8 +499,8 @@ def main() -> None:
         notes = [
             f"{len(visits)} full-scale synthetic participants (20201 + 20254 zips, no anomalies), "
             f"{args.workers} worker processes for every tool; zips in the page cache for all of them. "
-            f"Load average before the measurements: {os.getloadavg()[0]:.2f} (anything else running "
-            "skews every row)."
+            f"Load average (1 min) when the script started: {load:.2f}; anything else running skews every "
+            "row."
         ]
 
         binary = find_dcm2niix()

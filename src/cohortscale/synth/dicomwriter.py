@@ -256,17 +256,24 @@ _CSA_HEAD = struct.Struct("<64si4s3i")
 _CSA_ITEM = struct.Struct("<4i")
 
 
+#: Size of the CSA image header (0029,1010), bytes (real Siemens headers run from ~10 kB to ~90 kB).
+DEFAULT_CSA_HEADER_BYTES = 16384
+
+#: Siemens writes at least this many items per CSA2 element, the unused ones empty; readers such as
+#: dcm2niix rely on it (they read a fixed number of items of some elements).
+CSA_MIN_ITEMS = 6
+
+
 def _csa_element(name: str, vr: str, values: Sequence[str]) -> bytes:
-    """Encode one CSA2 element: 84-byte header, then per value a 16-byte item header and its
-    null-terminated text padded to 4 bytes. Empty elements have no items (kept compact so the
-    whole image header fits the caller's size budget)."""
-    n_items = len(values)
+    """Encode one CSA2 element: 84-byte header, then per item a 16-byte item header and its
+    null-terminated text padded to 4 bytes; items beyond the values are empty, as Siemens writes them."""
+    n_items = max(len(values), CSA_MIN_ITEMS)
     # VM = number of values (0 for empty); the last header int (77 with data, 205 without) is a
     # marker readers ignore.
     out = [
         _CSA_HEAD.pack(
             name.encode("ascii"),
-            n_items,
+            len(values),
             vr.encode("ascii"),
             _SYNGODT.get(vr, 0),
             n_items,
@@ -278,6 +285,7 @@ def _csa_element(name: str, vr: str, values: Sequence[str]) -> bytes:
         n = len(data)
         out.append(_CSA_ITEM.pack(n, n, 77, n))
         out.append(data + b"\x00" * (-n % 4))
+    out.extend(_CSA_ITEM.pack(0, 0, 77, 0) for _ in range(n_items - len(values)))
     return b"".join(out)
 
 
@@ -793,7 +801,11 @@ def _validate(pixels: np.ndarray, series: SeriesSpec) -> np.ndarray:
 
 
 def encode_series(
-    pixels: np.ndarray, series: SeriesSpec, study: StudyInfo, *, csa_header_bytes: int = 8192
+    pixels: np.ndarray,
+    series: SeriesSpec,
+    study: StudyInfo,
+    *,
+    csa_header_bytes: int = DEFAULT_CSA_HEADER_BYTES,
 ) -> list[tuple[str, bytes]]:
     """Encode a stack of 2D images as one Siemens MR DICOM series.
 
