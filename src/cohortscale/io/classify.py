@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from cohortscale.io.dicom import DICOM_MAGIC, DICOM_MAGIC_OFFSET
+from cohortscale.io.fastdicom import read_header
 
 #: Fraction of the shorter slab two series must share to be the same station.
 SAME_SLAB_OVERLAP = 0.5
@@ -66,7 +68,7 @@ class SeriesInfo:
     description: str
     time: str
     image_type: tuple[str, ...]
-    datasets: list[pydicom.Dataset]
+    datasets: list[Any]  # pydicom Datasets or fastdicom Headers
     files: list[str]
     kind: str = "other"
     contrast: str = ""
@@ -86,14 +88,18 @@ class SeriesInfo:
         return int(self.datasets[0].Rows), int(self.datasets[0].Columns)
 
 
-def parse_entries(entries: list[tuple[str, bytes]]) -> tuple[list[pydicom.Dataset], list[Problem]]:
-    """Parse every DICOM entry (recognised by its ``DICM`` marker); unreadable ones become problems."""
+def parse_entries(entries: list[tuple[str, bytes]]) -> tuple[list[Any], list[Problem]]:
+    """Parse every DICOM entry (recognised by its ``DICM`` marker); unreadable ones become problems.
+
+    The common uncompressed explicit-VR files go through :mod:`cohortscale.io.fastdicom`; anything else
+    through pydicom. Both give objects with the same attributes (``Rows``, ``pixel_array``, ``get``...).
+    """
     datasets, problems = [], []
     for name, data in entries:
         if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] != DICOM_MAGIC:
             continue
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = read_header(data) or pydicom.dcmread(io.BytesIO(data))
             ds.SeriesInstanceUID  # noqa: B018 - a header without it cannot be placed
         except (InvalidDicomError, AttributeError, EOFError, ValueError, KeyError, OSError) as exc:
             problems.append(Problem(name, "unreadable_dicom", f"{name} is not a readable DICOM file: {exc}"))
@@ -103,9 +109,9 @@ def parse_entries(entries: list[tuple[str, bytes]]) -> tuple[list[pydicom.Datase
     return datasets, problems
 
 
-def group_series(datasets: list[pydicom.Dataset]) -> list[SeriesInfo]:
+def group_series(datasets: list[Any]) -> list[SeriesInfo]:
     """Group datasets by SeriesInstanceUID, in SeriesNumber order."""
-    groups: dict[str, list[pydicom.Dataset]] = {}
+    groups: dict[str, list[Any]] = {}
     for ds in datasets:
         groups.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
     out = []

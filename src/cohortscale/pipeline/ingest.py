@@ -41,6 +41,8 @@ from cohortscale.protocols import DIXON_CONTRASTS, DIXON_FIELD
 
 #: Siemens phase images: radians per stored value after RescaleSlope/Intercept (UKB.md).
 SIEMENS_PHASE_RADIANS_PER_VALUE = np.pi / 4096
+#: Slices must lie on an even grid along the normal to this tolerance, mm (else one is missing).
+SLICE_POSITION_TOLERANCE_MM = 0.01
 #: Affines of the four contrasts of a station must agree to this tolerance, mm.
 GEOMETRY_TOLERANCE_MM = 1e-3
 #: Where per-participant manifest parts and the consolidated manifest live inside the store.
@@ -237,14 +239,21 @@ class _VisitLog:
                              "rows": "Int64", "columns": "Int64", "slices": "Int64"})  # fmt: skip
 
 
-def _stack(s: SeriesInfo) -> tuple[Series | None, str]:
-    """Decode a series; a file whose pixels cannot be decoded (truncated) spoils the series and is named."""
+def _stack(s: SeriesInfo) -> tuple[Series | None, str, str]:
+    """Decode a series: ``(series, "", "")``, or ``(None, reason, message)`` when a file cannot be decoded
+    (truncated) or a slice is missing from the even grid along the normal."""
     for ds in s.datasets:
         try:
-            ds.pixel_array  # noqa: B018 - decoded once here, cached by pydicom for stack_series
+            ds.pixel_array  # noqa: B018 - decode once here; failures name the file
         except (ValueError, AttributeError, KeyError, TypeError) as exc:
-            return None, f"{ds.filename} cannot be decoded: {exc}"
-    return stack_series(s.datasets), ""
+            return None, "truncated_file", f"{ds.filename} cannot be decoded: {exc}"
+    series = stack_series(s.datasets)
+    measured = np.array([np.asarray(h.ImagePositionPatient, dtype=float) for h in series.headers])
+    if np.ptp(measured, axis=0).max() > SLICE_POSITION_TOLERANCE_MM:  # a stack of slices, not of echoes
+        positions = series.affine[:3, 3] + np.outer(np.arange(len(s.datasets)), series.affine[:3, 2])
+        if np.abs(measured - positions).max() > SLICE_POSITION_TOLERANCE_MM:
+            return None, "missing_slice", "slices are not evenly spaced along the normal (one is missing)"
+    return series, "", ""
 
 
 def _slice_offset(affine: np.ndarray, reference: np.ndarray) -> float:
@@ -272,9 +281,9 @@ def _write_dixon(
                     "duplicate_station",
                     f"a newer acquisition ({candidates[0].time}) is kept",
                 )
-            series, error = _stack(candidates[0])
+            series, reason, error = _stack(candidates[0])
             if series is None:
-                log.series(candidates[0], "quarantined", "truncated_file", error)
+                log.series(candidates[0], "quarantined", reason, error)
                 continue
             if series.pixels.shape[1:] != (ny, nx) or series.pixels.shape[0] > nz:
                 shape = f"shape {series.pixels.shape} does not fit the station's array {(nz, ny, nx)}"
@@ -335,9 +344,9 @@ def _write_multiecho(
         dynamics, affine, echo_times = 0, None, None
         pending_magnitude: tuple[SeriesInfo, Series] | None = None
         for s in sorted(mine, key=lambda s: (s.number, s.time)):
-            decoded, error = _stack(s)
+            decoded, reason, error = _stack(s)
             if decoded is None:
-                log.series(s, "quarantined", "truncated_file", error)
+                log.series(s, "quarantined", reason, error)
                 continue
             if s.contrast == "magnitude":
                 if pending_magnitude is not None:
