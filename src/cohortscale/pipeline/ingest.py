@@ -78,7 +78,7 @@ class IngestConfig:
     patterns: SeriesPatterns = field(default_factory=SeriesPatterns)
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     phase_radians_per_value: float = SIEMENS_PHASE_RADIANS_PER_VALUE
-    layout_sample: int = 8
+    layout_sample: int = 4
 
 
 def visits_from_bulk(bulk: str | Path, fields: tuple[int, ...], rows: dict[str, int]) -> list[Visit]:
