@@ -88,6 +88,23 @@ class SeriesInfo:
         return int(self.datasets[0].Rows), int(self.datasets[0].Columns)
 
 
+def parse_headers(entries: list[tuple[str, bytes]]) -> list[Any]:
+    """Headers only, from the first bytes of each file (see ``read_entries(head_bytes=...)``).
+
+    Files the fast reader cannot parse from their start are skipped.
+    """
+    headers = []
+    for name, data in entries:
+        try:
+            header = read_header(data, header_only=True)
+        except ValueError:
+            continue
+        if header is not None:
+            header.filename = name
+            headers.append(header)
+    return headers
+
+
 def parse_entries(entries: list[tuple[str, bytes]]) -> tuple[list[Any], list[Problem]]:
     """Parse every DICOM entry (recognised by its ``DICM`` marker); unreadable ones become problems.
 

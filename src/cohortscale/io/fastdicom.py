@@ -76,6 +76,9 @@ WANTED: dict[int, tuple[str, Callable[[bytes], Any]]] = {
 }
 
 
+LAST_WANTED = max(WANTED)
+
+
 class Header:
     """The tags of :data:`WANTED` with pydicom-like access, and the image as a NumPy view.
 
@@ -149,8 +152,11 @@ def _skip_undefined(data: bytes, pos: int, end_tag: int) -> int:
             pos = offset + length
 
 
-def read_header(data: bytes) -> Header | None:
+def read_header(data: bytes, header_only: bool = False) -> Header | None:
     """Parse a Part-10 file; None when it is not uncompressed explicit-VR little endian grey-scale.
+
+    With ``header_only`` the parse stops after the last wanted tag, so ``data`` may be just the start of
+    the file (its pixels are then unavailable).
 
     Raises
     ------
@@ -173,6 +179,8 @@ def read_header(data: bytes) -> Header | None:
             return None
         while pos < len(data):
             tag, _, length, offset = _element(data, pos)
+            if header_only and tag > LAST_WANTED:
+                return _header(values, data, len(data), 0)
             if tag == PIXEL_DATA:
                 if length == UNDEFINED:  # encapsulated (compressed) pixel data
                     return None

@@ -116,8 +116,12 @@ def _unsafe(name: str) -> bool:
     return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
 
 
-def read_entries(path: str | Path, limits: ArchiveLimits = ArchiveLimits()) -> Iterator[tuple[str, bytes]]:
+def read_entries(
+    path: str | Path, limits: ArchiveLimits = ArchiveLimits(), head_bytes: int | None = None
+) -> Iterator[tuple[str, bytes]]:
     """Yield ``(name, bytes)`` of every file in a bulk zip (or extracted folder), in memory.
+
+    ``head_bytes`` reads (and decompresses) only the start of each file — enough for DICOM headers.
 
     Raises
     ------
@@ -133,7 +137,8 @@ def read_entries(path: str | Path, limits: ArchiveLimits = ArchiveLimits()) -> I
                 "too_many_entries", f"{path.name}: {len(files)} files, limit {limits.max_entries}"
             )
         for file in files:
-            yield str(file.relative_to(path)), file.read_bytes()
+            with open(file, "rb") as fh:
+                yield str(file.relative_to(path)), fh.read(head_bytes if head_bytes is not None else -1)
         return
     try:
         zf = zipfile.ZipFile(path)
@@ -164,7 +169,8 @@ def read_entries(path: str | Path, limits: ArchiveLimits = ArchiveLimits()) -> I
             try:
                 with zf.open(info) as member:
                     # Never trust the declared size: read at most one byte past the remaining budget.
-                    data = member.read(limits.max_total_bytes - total + 1)
+                    budget = limits.max_total_bytes - total + 1
+                    data = member.read(budget if head_bytes is None else min(budget, head_bytes))
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
                 raise ArchiveError(
                     "corrupt_zip", f"{path.name}: entry {info.filename!r} unreadable: {exc}"

@@ -31,6 +31,7 @@ from cohortscale.io.classify import (
     group_series,
     newest_first,
     parse_entries,
+    parse_headers,
 )
 from cohortscale.io.dicom import Series, stack_series
 from cohortscale.io.store import StoreLayout, create_store, layout_of, open_store, participant_rows
@@ -41,6 +42,8 @@ from cohortscale.protocols import DIXON_CONTRASTS, DIXON_FIELD
 
 #: Siemens phase images: radians per stored value after RescaleSlope/Intercept (UKB.md).
 SIEMENS_PHASE_RADIANS_PER_VALUE = np.pi / 4096
+#: Bytes read from the start of each file to learn a visit's layout (headers precede the CSA blocks).
+HEADER_BYTES = 4096
 #: Slices must lie on an even grid along the normal to this tolerance, mm (else one is missing).
 SLICE_POSITION_TOLERANCE_MM = 0.01
 #: Affines of the four contrasts of a station must agree to this tolerance, mm.
@@ -121,7 +124,7 @@ def infer_layout(visits: list[VisitFiles], config: IngestConfig) -> StoreLayout:
         if sampled >= config.layout_sample:
             break
         try:
-            series, _ = _read_series(visit.files, config)
+            series, _ = _read_series(visit.files, config, headers_only=True)
             dixon = [s for s in series if s.kind == "dixon"]
             assign_stations(dixon, config.patterns.stations)
         except (ArchiveError, StationError):
@@ -152,20 +155,27 @@ def _largest_of_modal_matrix(seen: Counter[tuple[int, ...]]) -> tuple[int, ...]:
 
 
 def _read_series(
-    files: dict[Any, Any], config: IngestConfig
+    files: dict[Any, Any], config: IngestConfig, headers_only: bool = False
 ) -> tuple[list[SeriesInfo], list[tuple[int, str, Problem]]]:
-    """Parse and classify every series of a visit's archives. Raises ArchiveError for the Dixon zip."""
+    """Parse and classify every series of a visit's archives. Raises ArchiveError for the Dixon zip.
+
+    ``headers_only`` decompresses only the start of each file (for the layout), so no pixels.
+    """
     series: list[SeriesInfo] = []
     problems: list[tuple[int, str, Problem]] = []
+    head_bytes = HEADER_BYTES if headers_only else None
     for field_id, path in sorted((int(f), Path(p)) for f, p in files.items()):
         try:
-            entries = list(read_entries(path, config.limits))
+            entries = list(read_entries(path, config.limits, head_bytes))
         except ArchiveError as exc:
             if field_id == DIXON_FIELD:
                 raise
             problems.append((field_id, path.name, Problem(path.name, exc.reason, exc.message)))
             continue
-        datasets, bad = parse_entries(entries)
+        if headers_only:
+            datasets, bad = parse_headers(entries), []
+        else:
+            datasets, bad = parse_entries(entries)
         problems += [(field_id, path.name, p) for p in bad]
         found = group_series(datasets)
         classify(found, config.patterns, config.fields)
