@@ -26,6 +26,8 @@ UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 TRANSFER_SYNTAX = 0x00020010
 PIXEL_DATA = 0x7FE00010
+#: Explicit-VR header of an OW PixelData element: tag (7FE0,0010), "OW", two reserved bytes.
+PIXEL_DATA_OW_HEADER = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\x00\x00"
 
 
 def _text(raw: bytes) -> str:
@@ -179,8 +181,13 @@ def read_header(data: bytes, header_only: bool = False) -> Header | None:
             return None
         while pos < len(data):
             tag, _, length, offset = _element(data, pos)
-            if header_only and tag > LAST_WANTED:
-                return _header(values, data, len(data), 0)
+            if tag > LAST_WANTED:
+                if header_only:
+                    return _header(values, data, len(data), 0)
+                # Pixel data end the file: find them from the end rather than walking the private blocks.
+                tail = _pixel_data_at_end(values, data)
+                if tail is not None:
+                    return _header(values, data, tail, len(data) - tail)
             if tag == PIXEL_DATA:
                 if length == UNDEFINED:  # encapsulated (compressed) pixel data
                     return None
@@ -201,6 +208,20 @@ def read_header(data: bytes, header_only: bool = False) -> Header | None:
     except (struct.error, UnicodeDecodeError, ValueError):
         return None  # unusual content: leave it to pydicom
     return None  # no pixel data
+
+
+def _pixel_data_at_end(values: dict[str, Any], data: bytes) -> int | None:
+    """Offset of the pixel values when the file ends with a complete, uncompressed PixelData element."""
+    rows, cols, bits = values.get("Rows"), values.get("Columns"), values.get("BitsAllocated")
+    if rows is None or cols is None or bits != 16:
+        return None
+    size = rows * cols * 2
+    start = len(data) - size - 12
+    if start < 0 or data[start : start + 8] != PIXEL_DATA_OW_HEADER:
+        return None
+    if struct.unpack_from("<I", data, start + 8)[0] != size:
+        return None
+    return start + 12
 
 
 def _header(values: dict[str, Any], data: bytes, offset: int, length: int) -> Header | None:
