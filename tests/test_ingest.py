@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -20,7 +21,9 @@ from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.ingest import IngestConfig, run_ingest
 from cohortscale.protocols import UKB_DIXON_STATIONS
+from cohortscale.synth import synthesize
 from cohortscale.synth.acquisition import scaled
+from conftest import make_config
 
 CLUSTER = ClusterConfig(workers=2, threads=1)
 ENGINE = EngineConfig(progress=False)
@@ -241,3 +244,21 @@ def test_plain_folders_and_inconsistent_shapes(
         np.testing.assert_array_equal(
             mine[name].sel(participant=folder_key), theirs[name].sel(participant=folder_key)
         )
+
+
+def test_changed_inputs_are_ingested_again(tmp_path: Path) -> None:
+    config = make_config(participants=2, seed=31)
+    cohort = tmp_path / "cohort"
+    synthesize(config, cohort, progress=False)
+    store = tmp_path / "store.zarr"
+    ingest(cohort / "bulk", store)
+    before = open_cohort(store)["dixon/station3/water"].values
+    synthesize(dataclasses.replace(config, dixon_snr=10.0), cohort, progress=False)  # new zips, same names
+    report = ingest(cohort / "bulk", store)
+    assert report.done == 2 and report.skipped == 0
+    after = open_cohort(store)["dixon/station3/water"].values
+    fresh = tmp_path / "fresh.zarr"
+    ingest(cohort / "bulk", fresh)
+    np.testing.assert_array_equal(after, open_cohort(fresh)["dixon/station3/water"].values)
+    assert not np.array_equal(before, after)
+    assert ingest(cohort / "bulk", store).skipped == 2

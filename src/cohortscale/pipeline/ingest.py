@@ -9,6 +9,7 @@ visit has no usable Dixon, a quarantined outcome; it never stops the cohort.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from cohortscale.io.classify import (
     parse_headers,
 )
 from cohortscale.io.dicom import Series, stack_series
+from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import StoreLayout, create_store, layout_of, open_store, participant_rows
 from cohortscale.io.ukb import ArchiveError, ArchiveLimits, VisitFiles, discover, read_entries
 from cohortscale.pipeline.cluster import ClusterConfig, connect
@@ -461,15 +463,51 @@ class IngestStage:
         layout = layout_of(root)
         outcomes = []
         for visit in visits:
+            signature = input_signature(visit)
             result, manifest = ingest_visit(visit, root, layout, self.config)
             _write_part(Path(self.store) / MANIFEST_PARTS / f"{visit.key}.parquet", manifest)
+            _write_part(Path(self.store) / MANIFEST_PARTS / f"{visit.key}.inputs.json", signature)
             outcomes.append(result)
         return outcomes
 
 
-def _write_part(path: Path, frame: pd.DataFrame) -> None:
+def input_signature(visit: Visit) -> dict[str, list[int]]:
+    """Size and modification time (ns) of each input file or folder of a visit."""
+    signature = {}
+    for field_id, path in sorted(visit.inputs.items()):
+        stat = Path(path).stat()
+        signature[field_id] = [stat.st_size, stat.st_mtime_ns]
+    return signature
+
+
+def requeue_changed_inputs(store: str | Path, visits: list[Visit], stage: str = "ingest") -> int:
+    """Mark visits whose input files changed since they were ingested as pending again; return how many.
+
+    A rerun after new or regenerated zips then re-ingests exactly those visits (the ledger gets a
+    ``failed`` record with reason ``inputs_changed``, which the engine retries).
+    """
+    ledger = Ledger(store)
+    recorded = ledger.read(stage).set_index("participant")["status"]
+    changed = []
+    for visit in visits:
+        if recorded.get(visit.key) not in ("done", "quarantined"):
+            continue
+        path = Path(store) / MANIFEST_PARTS / f"{visit.key}.inputs.json"
+        stored = json.loads(path.read_text()) if path.exists() else None
+        if stored != input_signature(visit):
+            message = f"participant {visit.key}: input files changed since ingest; ingesting again"
+            changed.append(Outcome(visit.key, "failed", "inputs_changed", message))
+    if changed:
+        ledger.record(stage, changed)
+    return len(changed)
+
+
+def _write_part(path: Path, content: pd.DataFrame | dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    frame.to_parquet(tmp, index=False)
+    if isinstance(content, pd.DataFrame):
+        content.to_parquet(tmp, index=False)
+    else:
+        tmp.write_text(json.dumps(content))
     os.replace(tmp, path)
 
 
@@ -513,6 +551,7 @@ def run_ingest(
     """
     config = config or IngestConfig()
     visits = prepare_store(bulk, store, config)
+    requeue_changed_inputs(store, visits)
     with connect(cluster or ClusterConfig()) as client:
         report = run_stage(IngestStage(str(store), config), visits, store, client, engine or EngineConfig())
     consolidate_manifest(store)
