@@ -117,7 +117,8 @@ class Header:
         if self._pixel_length < needed or available < needed:
             held = min(self._pixel_length, available)
             raise ValueError(f"the pixel data hold {held} bytes, {needed} expected (truncated)")
-        return np.frombuffer(self._data, dtype, rows * cols, self._pixel_offset).reshape(rows, cols).copy()
+        # A read-only view of the file's bytes: callers stack images, which copies them once.
+        return np.frombuffer(self._data, dtype, rows * cols, self._pixel_offset).reshape(rows, cols)
 
 
 class _Truncated(Exception):

@@ -317,8 +317,11 @@ def _write_dixon(
             if not aligned or abs(offset - first) > 1e-3 or first < 0 or first + n > nz:
                 log.series(info, "quarantined", "inconsistent_geometry", "not on the station's slice grid")
                 continue
-            volume = np.zeros((nz, ny, nx), dtype="uint16")
-            volume[first : first + n] = series.pixels
+            if (first, n) == (0, nz):
+                volume = series.pixels.astype("uint16", copy=False)
+            else:
+                volume = np.zeros((nz, ny, nx), dtype="uint16")
+                volume[first : first + n] = series.pixels
             root[f"dixon/station{station}/{contrast}"][row] = volume
             slices[ci] = (first, n)
             stored += 1
