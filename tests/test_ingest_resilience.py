@@ -106,24 +106,25 @@ def test_sigkill_of_the_whole_run_then_resume(cohort: Path, reference: Path, tmp
 def test_sigkill_of_a_worker_mid_run(cohort: Path, reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "store.zarr"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        # Only the pipeline's own client may live while it runs (two clients in one process share loops).
         with distributed.Client(cluster) as client:
             pids = list(client.run(os.getpid).values())
 
-            def kill_one_worker() -> None:
-                deadline = time.monotonic() + WAIT_S
-                while _ledger_records(store) < 2 and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                os.kill(pids[0], signal.SIGKILL)
+        def kill_one_worker() -> None:
+            deadline = time.monotonic() + WAIT_S
+            while _ledger_records(store) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(pids[0], signal.SIGKILL)
 
-            killer = threading.Thread(target=kill_one_worker)
-            killer.start()
-            report = run_ingest(
-                cohort / "bulk",
-                store,
-                engine=EngineConfig(progress=False, batch_size=1),
-                cluster=ClusterConfig(scheduler=cluster.scheduler_address),
-            )
-            killer.join()
+        killer = threading.Thread(target=kill_one_worker)
+        killer.start()
+        report = run_ingest(
+            cohort / "bulk",
+            store,
+            engine=EngineConfig(progress=False, batch_size=1),
+            cluster=ClusterConfig(scheduler=cluster.scheduler_address),
+        )
+        killer.join()
     assert report.failed == 0 and report.done + report.quarantined == 8
     assert_same_store(reference, store)
 
