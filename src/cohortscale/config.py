@@ -214,14 +214,6 @@ def _merge(base: dict[str, Any], dotted: str, value: Any) -> None:
         base[head] = value
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    """Shallow-recursive dict of a dataclass that keeps nested dataclasses as dicts."""
-    return {
-        f.name: _as_dict(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v
-        for f in dataclasses.fields(obj)
-    }
-
-
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -245,7 +237,7 @@ def load_config(
     -------
     instance of ``cls``
     """
-    values: dict[str, Any] = _as_dict(base) if base is not None else {}
+    values: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}
     if path is not None:
         with open(path, "rb") as fh:
             for key, value in tomllib.load(fh).items():

@@ -9,7 +9,6 @@ position, are stacked along echoes instead, in EchoTime order.
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pydicom
 
 from cohortscale.geometry import affine_from_dicom
+from cohortscale.io.ukb import read_entries
 
 
 @dataclass
@@ -61,17 +61,13 @@ DICOM_MAGIC_OFFSET = 128
 
 
 def read_zip_datasets(path: str | Path) -> list[pydicom.Dataset]:
-    """Every DICOM dataset in a bulk zip, recognised by its content (the ``DICM`` marker), not its name;
-    the manifest and other entries are skipped."""
-    datasets = []
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            data = zf.read(info)
-            if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
-                datasets.append(pydicom.dcmread(io.BytesIO(data)))
-    return datasets
+    """Every DICOM dataset (full pydicom headers) in a bulk zip or folder, recognised by the ``DICM``
+    marker; read through :func:`cohortscale.io.ukb.read_entries`, so its archive guards apply."""
+    return [
+        pydicom.dcmread(io.BytesIO(data))
+        for _, data in read_entries(path)
+        if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+    ]
 
 
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:

@@ -38,7 +38,7 @@ from cohortscale.protocols import DIXON_CONTRASTS
 #: against 0.76 s and 0.56 with the default zstd).
 IMAGE_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
 
-#: Axis names of the arrays (Zarr v3 ``dimension_names``), keyed by the array's last path component.
+#: Name of the leading axis every array shares (Zarr v3 ``dimension_names``).
 PARTICIPANT = "participant"
 
 

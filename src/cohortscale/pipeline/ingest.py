@@ -109,7 +109,7 @@ def prepare_store(bulk: str | Path, store: str | Path, config: IngestConfig) -> 
     root = create_store(store, [(v.key, v.eid, v.instance) for v in found], layout)
     root.attrs["ingest_config"] = config_to_dict(config)
     (Path(store) / MANIFEST_PARTS).mkdir(exist_ok=True)
-    return visits_from_bulk(bulk, config.fields, participant_rows(open_store(store)))
+    return visits_from_bulk(bulk, config.fields, participant_rows(root))
 
 
 def infer_layout(visits: list[VisitFiles], config: IngestConfig) -> StoreLayout:

@@ -11,9 +11,14 @@ from cohortscale.io.store import open_store, participant_rows
 from cohortscale.pipeline.ingest import MANIFEST_FILE
 
 
-def status_table(store: str | Path) -> pd.DataFrame:
+def participant_count(store: str | Path) -> int:
+    """Participant visits in the store."""
+    return len(participant_rows(open_store(store, mode="r")))
+
+
+def status_table(store: str | Path, total: int | None = None) -> pd.DataFrame:
     """One row per (stage, status) including ``pending`` (participants with no record yet)."""
-    total = len(participant_rows(open_store(store, mode="r")))
+    total = participant_count(store) if total is None else total
     ledger = Ledger(store)
     summary = ledger.summary()
     rows = [summary]
@@ -31,9 +36,9 @@ def status_table(store: str | Path) -> pd.DataFrame:
 
 def store_status(store: str | Path) -> str:
     """The text ``cohortscale status`` prints."""
-    total = len(participant_rows(open_store(store, mode="r")))
+    total = participant_count(store)
     lines = [f"{store}: {total} participant visits"]
-    table = status_table(store)
+    table = status_table(store, total)
     lines.append(table.to_string(index=False) if len(table) else "no stage has run yet")
     counts = manifest_summary(store)
     if len(counts):

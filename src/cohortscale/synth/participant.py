@@ -91,6 +91,8 @@ TRUNCATE_KEEP = 0.6
 PATIENT_SUFFIX_RATE = 0.3
 #: Iterations used to calibrate the anatomy's volumes.
 CALIBRATION_STEPS = 3
+#: Population targets the calibration matches.
+CALIBRATED = ("tmv_cm3", "vat_l", "asat_l", "pa_ratio")
 #: Half-extent (x, y) of the box holding the coil field's bumps, mm.
 COIL_BOX_XY_MM = (250.0, 200.0)
 #: Study start time of day, minutes after midnight (range).
@@ -207,7 +209,7 @@ def generate_visit(
     overlaps = rng.uniform(*OVERLAP_RANGE_MM, size=5)
     slabs = station_slabs(config.scale, STATION1_TOP_MM, overlaps)
     slice_level = str(rng.choice(list(SLICE_LEVELS), p=list(SLICE_LEVELS.values())))
-    body = calibrated_body(subject, int(rng.integers(2**63)), z_vertex, slabs)
+    body, volumes = calibrated_body(subject, int(rng.integers(2**63)), z_vertex, slabs)
 
     tissues = visit_tissues(subject, slice_level, rng)
     frequency_hz = config.scanner.imaging_frequency_mhz * 1e6
@@ -258,7 +260,7 @@ def generate_visit(
     # A private temporary folder: Dask or a rerun may generate the same visit twice at once.
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{eid}_{instance}.", dir=truth_dir.parent))
     root = zarr.open_group(str(tmp_dir / "maps.zarr"), mode="w")
-    idps: dict[str, Any] = volume_idps(body, full_resolution_grid(slabs))
+    idps: dict[str, Any] = dict(volumes)
     fgrid = fused_grid(slabs, config.scale)
     write_arrays(root.require_group("fused"), fused_truth(body, fgrid, tables, tissues.pdff, s0, bias), fgrid)
     z_slice = float(body.landmarks[slice_level][2])
@@ -331,17 +333,25 @@ def visit_tissues(subject: Mapping[str, Any], slice_level: str, rng: np.random.G
 
 def calibrated_body(
     subject: Mapping[str, Any], anatomy_seed: int, z_vertex: float, slabs: list[StationSlab]
-) -> Body:
-    """Build the body, correcting its thigh-muscle and visceral-fat inputs so the painted volumes land
-    on the population model's targets (organs and bones overlap the analytic shapes)."""
+) -> tuple[Body, dict[str, float]]:
+    """Build the body, correcting its thigh-muscle and fat inputs so the painted volumes land on the
+    population model's targets (organs and bones overlap the analytic shapes).
+
+    Returns the body and its volumes counted on the full-resolution grid (the true volume IDPs).
+    """
     inputs = dict(subject)
     grid = full_resolution_grid(slabs)  # the grid the true volumes are counted on
-    for _ in range(CALIBRATION_STEPS):
+
+    def build() -> tuple[Body, dict[str, float]]:
         body = build_body(inputs, np.random.default_rng(anatomy_seed), TABLE_TOP_Y_MM, z_vertex)
-        measured = volume_idps(body, grid)
-        for key in ("tmv_cm3", "vat_l", "asat_l", "pa_ratio"):
+        return body, volume_idps(body, grid)
+
+    body, measured = build()
+    for _ in range(CALIBRATION_STEPS):
+        for key in CALIBRATED:
             inputs[key] = inputs[key] * float(subject[key]) / max(measured[key], 1e-6)
-    return build_body(inputs, np.random.default_rng(anatomy_seed), TABLE_TOP_Y_MM, z_vertex)
+        body, measured = build()
+    return body, measured
 
 
 def _study_info(
@@ -396,8 +406,7 @@ def _slab_images(
 ) -> dict[str, np.ndarray]:
     """Noisy float images of the four contrasts of one slab."""
     labels = paint(slab.grid, body.parts)
-    xs, ys, zs = slab.grid.axis_coordinates()
-    gain = (s0 * bias(xs[None, None, :], ys[None, :, None], zs[:, None, None])).astype(np.float32)
+    gain = np.float32(s0) * bias.on_grid(slab.grid)
     decay = max(1.0, ROLLOFF_DECAY_SLICES * config.scale)
     gain *= edge_rolloff(slab.grid.shape[0], config.edge_rolloff, decay).astype(np.float32)[:, None, None]
     tables_by_contrast = (tables.in_phase, tables.opposed, tables.fat, tables.water)

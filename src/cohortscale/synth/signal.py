@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cohortscale.geometry import Grid
 from cohortscale.ops.fatwater import FatSpectrum, fat_phasor
 from cohortscale.protocols import DixonAcquisition
 from cohortscale.synth.relaxation import T1_FAT_S, spoiled_gre_weight
@@ -49,6 +50,11 @@ class SmoothField:
         amplitudes = rng.uniform(-1.0, 1.0, FIELD_BUMPS)
         amplitudes *= peak / max(np.abs(amplitudes).sum(), 1e-9)
         return cls(offset, amplitudes, centres, widths)
+
+    def on_grid(self, grid: Grid) -> np.ndarray:
+        """The field at every voxel centre of an axis-aligned grid, float32 ``grid.shape``."""
+        xs, ys, zs = grid.axis_coordinates()
+        return self(xs[None, None, :], ys[None, :, None], zs[:, None, None]).astype(np.float32)
 
     def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         total = np.asarray(self.offset, dtype=np.float64)

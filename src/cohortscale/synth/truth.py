@@ -114,8 +114,7 @@ def fused_truth(
     """Labels, noiseless water and fat (coil bias included, no noise, no slab roll-off), Dixon FF and
     true PDFF (``pdff``: per-label table) on the fused grid, in the Dixon DICOM's intensity units."""
     labels = paint(grid, body.parts)
-    xs, ys, zs = grid.axis_coordinates()
-    gain = (s0 * bias(xs[None, None, :], ys[None, :, None], zs[:, None, None])).astype(np.float32)
+    gain = np.float32(s0) * bias.on_grid(grid)
     return {
         "labels": labels,
         "water": dixon.water.astype(np.float32)[labels] * gain,
