@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     stations = participant(0)
-    grid = neck_to_knee_grid([s.affine for s in stations], station_shapes=[s.volume.shape for s in stations])
+    grid = neck_to_knee_grid(stations)
     ours = fuse(stations, grid)
     reference = baseline(stations, grid)
     error = float(np.abs(ours - reference).max() / np.abs(reference).max())

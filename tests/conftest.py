@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from cohortscale.config import AnomalyRates, SynthConfig, load_config
+from cohortscale.pipeline.cluster import ClusterConfig
+from cohortscale.pipeline.engine import EngineConfig
+from cohortscale.pipeline.ingest import run_ingest
 from cohortscale.synth import synthesize
 
 NO_ANOMALIES = {f"anomalies.{f.name}": 0.0 for f in dataclasses.fields(AnomalyRates)}
@@ -72,3 +75,26 @@ ALL_BUT_CORRUPT = {
 def anomalous(make_cohort) -> Path:
     """Two participants with every anomaly but a corrupt zip."""
     return make_cohort("anomalous", participants=2, seed=11, **ALL_BUT_CORRUPT)
+
+
+def ingested(cohort: Path, store: Path) -> Path:
+    """Ingest ``cohort``'s bulk zips into ``store`` on a small embedded cluster."""
+    run_ingest(
+        cohort / "bulk",
+        store,
+        cluster=ClusterConfig(workers=2, threads=1),
+        engine=EngineConfig(progress=False),
+    )
+    return store
+
+
+@pytest.fixture(scope="session")
+def clean_store(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clean cohort ingested (read-only for tests: copy it before running later stages on it)."""
+    return ingested(clean_cohort, tmp_path_factory.mktemp("ingest") / "clean.zarr")
+
+
+@pytest.fixture(scope="session")
+def anomalous_store(anomalous: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The anomalous cohort ingested (read-only for tests)."""
+    return ingested(anomalous, tmp_path_factory.mktemp("ingest") / "anomalous.zarr")

@@ -10,7 +10,8 @@ from scipy import ndimage
 
 from cohortscale.geometry import Grid, apply_affine
 from cohortscale.io.store import open_store, participant_rows
-from cohortscale.ops.fusion import Station, fat_fraction, fuse, neck_to_knee_grid, resample
+from cohortscale.ops import swaps
+from cohortscale.ops.fusion import Sample, Station, fat_fraction, fuse, neck_to_knee_grid, resample, trim
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.ingest import run_ingest
@@ -31,7 +32,7 @@ def test_resample_equals_map_coordinates(ascending: bool) -> None:
     affine = np.diag([2.2, 2.2, 4.5 if ascending else -4.5, 1.0])
     affine[:3, 3] = [-25.3, -21.7, -20.0 if ascending else 30.0]
     grid = Grid.axial((25, 22, 26), (2.0, 2.1, 3.0), [-27.0, -24.0, 35.0])
-    values, inside = resample(Station(volume, affine), grid)
+    values, inside = resample(Station(volume, affine), grid).full(grid.shape)
     expected = reference(volume, affine, grid)
     assert inside.sum() > 1000 and (~inside).sum() > 100
     np.testing.assert_allclose(values[inside], expected[inside], rtol=1e-4, atol=1e-3)
@@ -45,7 +46,7 @@ def test_rotated_grid_uses_the_general_path() -> None:
     c, s = np.cos(0.3), np.sin(0.3)
     grid_affine = np.array([[2 * c, -2 * s, 0, 4.0], [2 * s, 2 * c, 0, 3.0], [0, 0, 2.5, 2.0], [0, 0, 0, 1]])
     grid = Grid((8, 10, 10), grid_affine)
-    values, inside = resample(Station(volume, affine), grid)
+    values, inside = resample(Station(volume, affine), grid).full(grid.shape)
     expected = reference(volume, affine, grid)
     assert inside.sum() > 200
     np.testing.assert_allclose(values[inside], expected[inside], rtol=1e-4, atol=1e-3)
@@ -118,10 +119,66 @@ def test_fused_water_matches_truth_without_junction_steps(
                         else np.nan for k in range(len(labels))])  # fmt: skip
     steps = np.abs(np.diff(profile))
     assert np.nanmax(steps) < 0.02
-    default = neck_to_knee_grid(
-        [s.affine for s in stations],
-        shape=labels.shape,
-        spacing_mm=tuple(grid.spacing),
-        station_shapes=[s.volume.shape for s in stations],
-    )
+    default = neck_to_knee_grid(stations, shape=labels.shape, spacing_mm=tuple(grid.spacing))
     np.testing.assert_allclose(default.affine, truth_affine, atol=0.5)  # same placement as the truth grid
+
+
+def test_trim_equals_resampling_the_trimmed_station() -> None:
+    rng = np.random.default_rng(3)
+    volume = rng.uniform(0, 1000, (14, 20, 24)).astype(np.float32)
+    affine = np.diag([2.2, 2.2, -4.5, 1.0])
+    affine[:3, 3] = [-25.3, -21.7, 30.0]
+    grid = Grid.axial((30, 22, 26), (2.0, 2.1, 3.0), [-27.0, -24.0, 35.0])
+    station = Station(volume, affine, slices=(1, 12))
+    for slices in (1, 3):
+        trimmed = trim(resample(station, grid), station, grid, slices)
+        expected = resample(station.trimmed(slices), grid)
+        np.testing.assert_array_equal(trimmed.full(grid.shape)[1], expected.full(grid.shape)[1])
+        np.testing.assert_allclose(trimmed.full(grid.shape)[0], expected.full(grid.shape)[0], rtol=1e-6)
+        assert station.trimmed(slices).valid_slices == (1 + slices, 12 - 2 * slices)
+    assert station.trimmed(10).valid_slices == (6, 2)  # never trimmed away
+
+
+def phantom_station(top_mm: float, n: int, legs: bool, grid_xy: tuple[int, int]) -> dict[str, Station]:
+    """A transverse slab of a body phantom: water-dominant tissue wrapped in a 2-voxel fat layer; one
+    cylinder (trunk) or two (legs at x = ±40 mm)."""
+    ny, nx = grid_xy
+    x = np.arange(nx) * 4.0 - (nx - 1) * 2.0
+    y = np.arange(ny) * 4.0 - (ny - 1) * 2.0
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    centres, radius = ([(-40.0, 0.0), (40.0, 0.0)], 30.0) if legs else ([(0.0, 0.0)], 70.0)
+    distance = np.min([np.hypot(xx - cx, yy - cy) for cx, cy in centres], axis=0)
+    body, core = distance <= radius, distance <= radius - 8.0
+    fat = np.where(body & ~core, 900.0, np.where(core, 120.0, 0.0))
+    water = np.where(core, 500.0, np.where(body, 60.0, 0.0))
+    affine = np.diag([4.0, 4.0, -5.0, 1.0])
+    affine[:3, 3] = [x[0], y[0], top_mm]
+    slab = np.ones((n, 1, 1), np.float32)
+    return {"fat": Station(slab * fat, affine), "water": Station(slab * water, affine)}
+
+
+def test_swap_detection_on_an_analytic_phantom() -> None:
+    grid = Grid.axial((40, 50, 60), (4.0, 4.0, 5.0), [-118.0, -98.0, 0.0])
+    stations = {1: phantom_station(0.0, 16, False, (50, 60)), 2: phantom_station(-60.0, 16, False, (50, 60)),
+                3: phantom_station(-120.0, 16, True, (50, 60))}  # fmt: skip
+    original = {c: {k: resample(s[c], grid) for k, s in stations.items()} for c in ("fat", "water")}
+    fat, water = dict(original["fat"]), dict(original["water"])
+    fat[2], water[2] = water[2], fat[2]  # a whole station swapped
+    left = swaps.side_mask(grid, 0.0, "L")
+    fat[3] = Sample(fat[3].rows, np.where(left, water[3].values, fat[3].values), fat[3].inside)
+    water[3] = Sample(
+        water[3].rows, np.where(left, original["fat"][3].values, water[3].values), water[3].inside
+    )
+    result = swaps.detect_swaps(fat, water, grid, leg_stations=(3,), min_voxels=50)
+    assert result.segments == ("1", "2", "3L", "3R")
+    assert result.flagged() == ["2", "3L"]
+    assert result.margin.min() > 0.5 and abs(result.midlines_mm[3]) <= 4.0
+    fixed_fat, fixed_water = swaps.exchange_swapped(fat, water, result, grid)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(fixed_fat[k].values, original["fat"][k].values)
+        np.testing.assert_array_equal(fixed_water[k].values, original["water"][k].values)
+    # Without overlaps (station 2 absent) each segment rests on the fat-layer prior alone.
+    alone = swaps.detect_swaps(
+        {k: fat[k] for k in (1, 3)}, {k: water[k] for k in (1, 3)}, grid, (3,), min_voxels=50
+    )
+    assert alone.flagged() == ["3L"]

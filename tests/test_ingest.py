@@ -33,20 +33,6 @@ def ingest(bulk: Path, store: Path, **engine: object) -> object:
     return run_ingest(bulk, store, cluster=CLUSTER, engine=EngineConfig(progress=False, **engine))
 
 
-@pytest.fixture(scope="module")
-def clean_store(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("ingest") / "clean.zarr"
-    ingest(clean_cohort / "bulk", store)
-    return store
-
-
-@pytest.fixture(scope="module")
-def anomalous_store(anomalous: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("ingest") / "anomalous.zarr"
-    ingest(anomalous / "bulk", store)
-    return store
-
-
 def manifest(store: Path) -> pd.DataFrame:
     return pd.read_parquet(store / "manifest.parquet")
 

@@ -152,11 +152,33 @@ def ingest(
     report = run_ingest(bulk, store, run.ingest, run.engine, run.cluster)
     click.echo(str(report))
     click.echo(f"store: {store}  (cohortscale status {store})")
+    _exit_if_unsettled(strict, store, "ingest")
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any visit is quarantined or failed.")
+@_cluster_options
+def fuse(store: str, strict: bool, config_file: str | None, sets: tuple[str, ...], **options: object) -> None:
+    """Fuse the six Dixon stations of every ingested visit in STORE into neck-to-knee volumes (resumable).
+
+    Writes dixon/fused/{in,opp,fat,water,ff} on the fused grid with its affine, and fat–water swap flags
+    per station and leg (fusion.swaps=correct also exchanges them)."""
+    from cohortscale.pipeline.fusion import run_fusion
+
+    run = _run_config(config_file, sets, **options)
+    report = run_fusion(store, run.fusion, run.engine, run.cluster)
+    click.echo(str(report))
+    _exit_if_unsettled(strict, store, "fusion")
+
+
+def _exit_if_unsettled(strict: bool, store: str, stage: str) -> None:
+    """With ``--strict``, exit 1 while any visit of the store is not done for ``stage``."""
     if strict:
         from cohortscale.io.ledger import Ledger
 
         # The cohort's state, not just this run's: earlier quarantines count too.
-        if (Ledger(store).read("ingest")["status"] != "done").any():
+        if (Ledger(store).read(stage)["status"] != "done").any():
             raise SystemExit(1)
 
 
@@ -170,22 +192,77 @@ def status(store: str) -> None:
 
 
 @main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--participant",
+    "participants",
+    multiple=True,
+    required=True,
+    metavar="KEY",
+    help="Visit key, e.g. 1000107_2 (repeatable).",
+)
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option(
+    "--array",
+    "arrays",
+    multiple=True,
+    metavar="PATH",
+    help="Store array on the fused grid (repeatable).  [default: the fused contrasts]",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["nifti", "nrrd"]),
+    help="File format (repeatable).  [default: nifti and nrrd]",
+)
+def export(
+    store: str, participants: tuple[str, ...], out: str, arrays: tuple[str, ...], formats: tuple[str, ...]
+) -> None:
+    """Export fused volumes (or labels on the fused grid) of visits in STORE as NIfTI (RAS) / NRRD (LPS)."""
+    from cohortscale.io.export import ExportError, NotFusedError, export_participant
+    from cohortscale.io.store import open_store
+
+    root = open_store(store, mode="r")
+    for key in participants:
+        try:
+            paths = export_participant(root, key, out, list(arrays) or None, formats or ("nifti", "nrrd"))
+        except NotFusedError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ExportError as exc:
+            raise click.UsageError(str(exc)) from exc
+        for path in paths:
+            click.echo(str(path))
+
+
+@main.command()
 @click.option("--out", "out", type=click.Path(file_okay=False), default="demo", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a demo setting.")
 def demo(out: str, sets: tuple[str, ...]) -> None:
     """Run the main job on the embedded default: a synthetic cohort through the pipeline, and its report."""
     from cohortscale.pipeline.cluster import ClusterConfig
+    from cohortscale.pipeline.fusion import FusionConfig, run_fusion
     from cohortscale.pipeline.ingest import run_ingest
     from cohortscale.pipeline.status import status_html
+    from cohortscale.report.fusion_report import fusion_html
     from cohortscale.report.synth_report import write_synth_report
     from cohortscale.synth import synthesize
+    from cohortscale.synth.acquisition import fused_shape_spacing
 
     config = _synth_config(None, {}, sets, base=load_config(SynthConfig, overrides=DEMO_SETTINGS))
     summary = synthesize(config, out)
     _echo_summary(summary)
     store = Path(out) / DEMO_STORE
-    ingest_report = run_ingest(Path(out) / "bulk", store, cluster=ClusterConfig(workers=config.workers))
+    cluster = ClusterConfig(workers=config.workers)
+    ingest_report = run_ingest(Path(out) / "bulk", store, cluster=cluster)
     click.echo(str(ingest_report))
-    sections = {"Ingest: bulk zips → cohort store": f"<p>{ingest_report}</p>" + status_html(store)}
+    shape, spacing = fused_shape_spacing(config.scale)
+    fusion = FusionConfig(shape=shape, spacing_mm=spacing, swaps="correct")
+    fusion_report = run_fusion(store, fusion, cluster=cluster)
+    click.echo(str(fusion_report))
+    sections = {
+        "Ingest: bulk zips → cohort store": f"<p>{ingest_report}</p>" + status_html(store),
+        "Fusion: six stations → one neck-to-knee volume": fusion_html(store, Path(out), fusion_report),
+    }
     report = write_synth_report(Path(out), sections)
     click.echo(f"store: {store}\nreport: {report}")

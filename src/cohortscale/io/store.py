@@ -16,6 +16,13 @@ dynamics for images. Layout::
     multiecho/{f}/echo_times                            float64 [P, echo]   s
     multiecho/{f}/affine                                float64 [P, 4, 4]
     multiecho/{f}/dynamics                              int16   [P]
+    dixon/fused/{in,opp,fat,water}                      uint16  [P, Z, Y, X]  fusion stage, fused grid
+    dixon/fused/ff                                      float32 [P, Z, Y, X]  fat fraction 0–1, NaN background
+    dixon/fused/affine                                  float64 [P, 4, 4]
+    dixon/fused/stations                                int8    [P, 6]        contrasts fused per station
+    dixon/fused/swapped, swap_margin                    int8, float32 [P, segment]  fat–water swaps
+
+Stage outputs are created by :func:`ensure_arrays` when the stage first runs.
 """
 
 from __future__ import annotations
@@ -102,6 +109,10 @@ class StoreLayout:
         )
 
 
+#: What defines an array beyond the participant axis: (shape, dtype, dimension names, fill value).
+ArraySpec = tuple[tuple[int, ...], str, tuple[str, ...], Any]
+
+
 def _create(
     root: zarr.Group, path: str, n: int, shape: tuple[int, ...], dtype: str, dims: tuple[str, ...], fill: Any
 ) -> None:
@@ -117,6 +128,37 @@ def _create(
         compressors=IMAGE_COMPRESSORS if len(shape) >= 3 else "auto",
         overwrite=False,
     )
+
+
+def ensure_arrays(
+    root: zarr.Group, specs: Mapping[str, ArraySpec], attrs: Mapping[str, Any] | None = None
+) -> None:
+    """Create the per-participant arrays ``specs`` (path → spec) that the store lacks, for every row.
+
+    A stage calls this before it runs, so that its workers only write their participants' chunks.
+    ``attrs`` are set on every array of ``specs``.
+
+    Raises
+    ------
+    ValueError
+        An array exists with another shape or dtype (the stage's configuration changed; write to a new
+        store or remove the array first).
+    """
+    n = root["participant"].shape[0]
+    for path, (shape, dtype, dims, fill) in specs.items():
+        if path in root:
+            array = root[path]
+            if tuple(array.shape[1:]) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype):
+                raise ValueError(
+                    f"{path} exists in the store as {array.dtype} {tuple(array.shape[1:])}, but this run "
+                    f"writes {dtype} {tuple(shape)}; use a new store or remove {path} first"
+                )
+            if array.shape[0] != n:
+                array.resize((n, *array.shape[1:]))
+        else:
+            _create(root, path, n, shape, dtype, dims, fill)
+        if attrs:
+            root[path].attrs.update(dict(attrs))
 
 
 def create_store(
@@ -185,7 +227,8 @@ def layout_of(root: zarr.Group) -> StoreLayout:
 def open_cohort(path: str | Path) -> xr.Dataset:
     """The whole store as an :class:`xarray.Dataset`, lazily backed by Dask (one chunk per participant).
 
-    Variables are named by their store path (``"dixon/station3/water"``); the ``participant`` coordinate
+    Every array with a leading ``participant`` axis is a variable named by its store path
+    (``"dixon/station3/water"``, ``"dixon/fused/ff"``); the ``participant`` coordinate
     holds the ``<eid>_<instance>`` keys, with ``eid`` and ``instance`` as extra coordinates.
     """
     root = open_store(path, mode="r")
@@ -196,8 +239,10 @@ def open_cohort(path: str | Path) -> xr.Dataset:
         "instance": (PARTICIPANT, np.asarray(root["instance"][:])),
     }
     variables = {}
-    for array_path in layout_of(root).arrays():
-        array = root[array_path]
+    for array_path, array in root.members(max_depth=None):
+        if not isinstance(array, zarr.Array) or array_path in coords:
+            continue
         dims = tuple(array.metadata.dimension_names or ())
-        variables[array_path] = xr.DataArray(da.from_zarr(array), dims=dims)
-    return xr.Dataset(variables, coords=coords, attrs=dict(root.attrs))
+        if dims[:1] == (PARTICIPANT,):
+            variables[array_path] = xr.DataArray(da.from_zarr(array), dims=dims, attrs=dict(array.attrs))
+    return xr.Dataset(dict(sorted(variables.items())), coords=coords, attrs=dict(root.attrs))

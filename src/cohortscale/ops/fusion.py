@@ -1,68 +1,82 @@
 """Station fusion: resample Dixon stations onto one neck-to-knee grid and blend their overlaps.
 
-Every station is sampled at the grid's voxel centres by trilinear interpolation in patient coordinates
-(the station's and the grid's affines), so orientation and position come only from the affines. When the
-two grids are axis-aligned with each other (UK Biobank: transverse slabs, same in-plane orientation) the
-interpolation is separable and runs as three 1-D passes; otherwise a general 8-corner gather is used.
-A grid voxel takes a station's value only inside the hull of that station's voxel centres (no
-extrapolation); overlaps are averaged, or faded linearly towards each station's ends.
+Each station is resampled trilinearly onto the participant's grid (:mod:`cohortscale.ops.resample`);
+overlaps are averaged, or faded linearly towards each station's ends; fat–water swaps are detected and
+optionally corrected (:mod:`cohortscale.ops.swaps`) before blending.
 
 Kernels take arrays of one array module (NumPy or CuPy) and return the same module's arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from cohortscale.backend import array_module
 from cohortscale.geometry import Grid
+from cohortscale.ops.resample import HULL_TOLERANCE, Sample, Station, resample, trim
+from cohortscale.ops.swaps import SwapResult, detect_swaps, exchange_swapped
+
+__all__ = [
+    "BLENDS", "FUSED_SHAPE", "FUSED_SPACING_MM", "HULL_TOLERANCE", "FusedDixon", "Sample", "Station",
+    "blend_samples", "fade_weights", "fat_fraction", "fuse", "fuse_dixon", "neck_to_knee_grid", "resample",
+    "trim",
+]  # fmt: skip
 
 #: Default fused grid: voxel size (x, y, z) in mm and shape (slices, rows, columns) at UK Biobank scale.
 FUSED_SPACING_MM = (2.232142925, 2.232142925, 3.0)
 FUSED_SHAPE = (376, 174, 224)
-#: Tolerance, in voxels, for a grid point to count as inside a station's hull of voxel centres.
-HULL_TOLERANCE = 1e-4
 #: Smallest blending weight inside a station (so a lone station's faded end still counts).
 MIN_WEIGHT = 1e-3
+#: Blends :func:`fuse` knows.
+BLENDS = ("average", "linear")
+#: Percentile of fat + water (over covered voxels) that sets the intensity scale of a participant.
+INTENSITY_PERCENTILE = 99.0
 
 
 @dataclass(frozen=True)
-class Station:
-    """One acquired slab: its volume ``[slice, row, column]`` and affine ``(column, row, slice) → LPS``.
+class FusedDixon:
+    """Fused contrasts of one participant.
 
-    ``slices`` restricts it to the valid slice range ``(first, count)`` of the stored array (ingest pads
-    short stations).
+    Attributes
+    ----------
+    volumes : dict of str to array
+        Contrast (``in``, ``opp``, ``fat``, ``water``) → float32 volume on the grid, NaN where no
+        station covers a voxel.
+    ff : array or None
+        Fat fraction 0–1 (NaN in background), when fat and water were fused.
+    swaps : SwapResult or None
+        Fat–water swap decisions, when assessed.
     """
 
-    volume: object
-    affine: np.ndarray
-    slices: tuple[int, int] | None = None
+    volumes: dict[str, object]
+    ff: object | None
+    swaps: SwapResult | None
 
 
 def neck_to_knee_grid(
-    affines: Sequence[np.ndarray],
+    stations: Sequence[Station],
     shape: tuple[int, int, int] = FUSED_SHAPE,
     spacing_mm: tuple[float, float, float] = FUSED_SPACING_MM,
-    station_shapes: Sequence[tuple[int, int, int]] | None = None,
 ) -> Grid:
     """The participant's fused grid: a fixed cohort-wide shape, transverse, starting at the highest
-    station slice and running feet-ward; centred in-plane on the stations' common field of view.
+    valid station slice and running feet-ward; centred in-plane on the stations' common field of view.
 
     Parameters
     ----------
-    affines : sequence of (4, 4) arrays
-        Station affines.
+    stations : sequence of Station
+        The participant's stations (any contrast).
     shape : (slices, rows, columns)
     spacing_mm : (dx, dy, dz)
-    station_shapes : sequence of (slices, rows, columns), optional
-        Stored shapes, to find each station's extent (default: the in-plane size of ``shape``).
     """
+    if not stations:
+        raise ValueError("neck_to_knee_grid needs at least one station")
     tops, centres = [], []
-    for k, affine in enumerate(affines):
-        nz, ny, nx = station_shapes[k] if station_shapes is not None else (1, shape[1], shape[2])
+    for station in stations:
+        volume, affine = station.valid()
+        nz, ny, nx = volume.shape
         corners = np.array([[0, 0, 0], [nx - 1, ny - 1, 0], [0, 0, nz - 1], [nx - 1, ny - 1, nz - 1]], float)
         world = corners @ affine[:3, :3].T + affine[:3, 3]
         tops.append(world[:, 2].max())
@@ -74,104 +88,46 @@ def neck_to_knee_grid(
     return Grid.axial(shape, spacing_mm, first, descending=True)
 
 
-def _axis_map(mapping: np.ndarray, axis: int, n_out: int, n_in: int, xp) -> tuple:
-    """1-D linear interpolation indices of one axis: (i0, i1, w1, valid) over the ``n_out`` outputs."""
-    coords = mapping[axis, axis] * np.arange(n_out) + mapping[axis, 3]
-    valid = (coords >= -HULL_TOLERANCE) & (coords <= n_in - 1 + HULL_TOLERANCE)
-    if n_in == 1:
-        i0 = np.zeros(n_out, dtype=np.int64)
-        return xp.asarray(i0), xp.asarray(i0), xp.zeros(n_out, dtype=xp.float32), valid
-    i0 = np.clip(np.floor(coords), 0, n_in - 2).astype(np.int64)
-    w1 = np.clip(coords - i0, 0.0, 1.0).astype(np.float32)
-    return xp.asarray(i0), xp.asarray(i0 + 1), xp.asarray(w1), valid
-
-
-def _lerp(values, i0, i1, w1, axis: int):
-    """Linear interpolation of ``values`` along ``axis`` at fractional indices ``i0 + w1``."""
-    xp = array_module(values)
-    shape = [1] * values.ndim
-    shape[axis] = -1
-    w1 = w1.reshape(shape)
-    return xp.take(values, i0, axis=axis) * (1 - w1) + xp.take(values, i1, axis=axis) * w1
-
-
-def resample(station: Station, grid: Grid) -> tuple[object, object]:
-    """Trilinear samples of one station at the grid's voxel centres.
-
-    Returns
-    -------
-    values : array, float32, ``grid.shape``
-        Interpolated intensities (0 outside the station).
-    inside : array, bool, ``grid.shape``
-        Whether each grid voxel lies within the station's hull of voxel centres.
-    """
-    xp = array_module(station.volume)
-    volume = station.volume
-    affine = np.asarray(station.affine, dtype=float)
-    if station.slices is not None:
-        first, count = station.slices
-        volume = volume[first : first + count]
-        affine = affine.copy()
-        affine[:3, 3] = affine[:3, 3] + first * affine[:3, 2]
-    volume = xp.asarray(volume, dtype=xp.float32)
-    mapping = np.linalg.inv(affine) @ grid.affine  # grid (x, y, z) index → station (x, y, z) index
-    nz, ny, nx = grid.shape
-    if not np.allclose(mapping[:3, :3], np.diag(np.diag(mapping[:3, :3])), atol=1e-9):
-        return _resample_general(volume, mapping, grid.shape)
-    sz, sy, sx = volume.shape
-    iz0, iz1, wz, vz = _axis_map(mapping, 2, nz, sz, xp)
-    iy0, iy1, wy, vy = _axis_map(mapping, 1, ny, sy, xp)
-    ix0, ix1, wx, vx = _axis_map(mapping, 0, nx, sx, xp)
-    values = xp.zeros(grid.shape, dtype=xp.float32)
-    inside_z = np.flatnonzero(vz)
-    if inside_z.size and vy.any() and vx.any():
-        rows = slice(inside_z[0], inside_z[-1] + 1)  # a station covers a contiguous run of grid slices
-        block = _lerp(volume, iz0[rows], iz1[rows], wz[rows], axis=0)
-        block = _lerp(block, iy0, iy1, wy, axis=1)
-        values[rows] = _lerp(block, ix0, ix1, wx, axis=2)
-    inside = xp.asarray(vz[:, None, None] & vy[None, :, None] & vx[None, None, :])
-    return values * inside, inside
-
-
-def _resample_general(volume, mapping: np.ndarray, shape: tuple[int, int, int]) -> tuple[object, object]:
-    """8-corner trilinear gather for grids rotated against the station."""
-    xp = array_module(volume)
-    nz, ny, nx = shape
-    k, j, i = xp.meshgrid(xp.arange(nz), xp.arange(ny), xp.arange(nx), indexing="ij")
-    index = xp.stack([i, j, k], axis=-1).reshape(-1, 3).astype(xp.float64)
-    coords = index @ xp.asarray(mapping[:3, :3].T) + xp.asarray(mapping[:3, 3])
-    limits = xp.asarray(volume.shape[::-1], dtype=xp.float64) - 1
-    inside = xp.all((coords >= -HULL_TOLERANCE) & (coords <= limits + HULL_TOLERANCE), axis=1)
-    base = xp.clip(xp.floor(coords), 0, xp.maximum(limits - 1, 0)).astype(xp.int64)
-    frac = xp.clip(coords - base, 0.0, 1.0).astype(xp.float32)
-    values = xp.zeros(coords.shape[0], dtype=xp.float32)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                ix = xp.minimum(base[:, 0] + dx, int(volume.shape[2]) - 1)
-                iy = xp.minimum(base[:, 1] + dy, int(volume.shape[1]) - 1)
-                iz = xp.minimum(base[:, 2] + dz, int(volume.shape[0]) - 1)
-                weight = (
-                    (frac[:, 0] if dx else 1 - frac[:, 0])
-                    * (frac[:, 1] if dy else 1 - frac[:, 1])
-                    * (frac[:, 2] if dz else 1 - frac[:, 2])
-                )
-                values += weight * volume[iz, iy, ix]
-    return (values * inside).reshape(shape), inside.reshape(shape)
-
-
-def _fade(station: Station, grid: Grid, fade_mm: float, xp) -> object:
-    """Per-grid-slice weight rising linearly from each end of the station over ``fade_mm``."""
-    affine = np.asarray(station.affine, dtype=float)
-    first, count = station.slices or (0, int(station.volume.shape[0]))
-    ends = [affine[:3, 3] + (first + s) * affine[:3, 2] for s in (0, count - 1)]
+def fade_weights(station: Station, grid: Grid, fade_mm: float) -> np.ndarray:
+    """Per-grid-slice weight, float32 ``(nz,)``, rising linearly from each end of the station over
+    ``fade_mm`` (at least :data:`MIN_WEIGHT`)."""
+    _, affine = station.valid()
+    _, count = station.valid_slices
+    ends = [affine[:3, 3] + s * affine[:3, 2] for s in (0, count - 1)]
     normal = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
     centres = grid.affine[:3, 3] + np.outer(np.arange(grid.shape[0]), grid.affine[:3, 2])
     along = centres @ normal
     lo, hi = sorted(end @ normal for end in ends)
     distance = np.minimum(along - lo, hi - along)
-    weight = np.clip(distance / fade_mm, MIN_WEIGHT, 1.0).astype(np.float32)
-    return xp.asarray(weight)[:, None, None]
+    return np.clip(distance / fade_mm, MIN_WEIGHT, 1.0).astype(np.float32)
+
+
+def blend_samples(
+    samples: Sequence[Sample],
+    shape: tuple[int, int, int],
+    slice_weights: Sequence[np.ndarray] | None = None,
+    fill_value: float = 0.0,
+) -> object:
+    """Weighted mean of resampled stations, float32 ``shape``; ``fill_value`` where none covers a voxel.
+
+    ``slice_weights`` gives each sample a weight per grid slice (e.g. :func:`fade_weights`); default 1.
+    """
+    xp = array_module(*(s.values for s in samples))
+    total = xp.zeros(shape, dtype=xp.float32)
+    weights = xp.zeros(shape, dtype=xp.float32)
+    for k, sample in enumerate(samples):
+        weight = sample.inside.astype(xp.float32)
+        if slice_weights is not None:
+            weight = weight * xp.asarray(slice_weights[k][sample.rows])[:, None, None]
+        total[sample.rows] += sample.values * weight
+        weights[sample.rows] += weight
+    covered = weights > 0
+    return xp.where(covered, total / xp.where(covered, weights, 1), xp.float32(fill_value))
+
+
+def _check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
 def fuse(
@@ -180,6 +136,7 @@ def fuse(
     blend: str = "average",
     fade_mm: float = 40.0,
     fill_value: float = 0.0,
+    trim_slices: int = 0,
 ) -> object:
     """Fuse stations onto ``grid``: ``fuse(stations, grid) -> volume``.
 
@@ -195,25 +152,87 @@ def fuse(
         Length of the linear fade, mm.
     fill_value : float
         Value of grid voxels no station covers.
+    trim_slices : int
+        Slices dropped at each end of every station first (2–4 removes wrap-around ghosts; the
+        35–40 mm overlaps of UK Biobank stations still cover the junctions).
 
     Returns
     -------
     array, float32, ``grid.shape``
     """
-    if blend not in ("average", "linear"):
-        raise ValueError(f"blend must be 'average' or 'linear', got {blend!r}")
-    xp = array_module(*(s.volume for s in stations))
-    total = xp.zeros(grid.shape, dtype=xp.float32)
-    weights = xp.zeros(grid.shape, dtype=xp.float32)
-    for station in stations:
-        values, inside = resample(station, grid)
-        weight = inside.astype(xp.float32)
+    _check_blend(blend)
+    samples = [trim(resample(s, grid), s, grid, trim_slices) for s in stations]
+    weights = (
+        [fade_weights(s.trimmed(trim_slices), grid, fade_mm) for s in stations] if blend == "linear" else None
+    )
+    return blend_samples(samples, grid.shape, weights, fill_value)
+
+
+def fuse_dixon(
+    contrasts: Mapping[str, Mapping[int, Station]],
+    grid: Grid,
+    blend: str = "average",
+    fade_mm: float = 40.0,
+    trim_slices: int = 0,
+    swaps: str = "detect",
+    background_fraction: float = 0.05,
+    **swap_options: float,
+) -> FusedDixon:
+    """Fuse every contrast of one participant, with fat–water swap detection and correction.
+
+    Parameters
+    ----------
+    contrasts : mapping
+        Contrast (``in``, ``opp``, ``fat``, ``water``) → station number → Station (absent stations left
+        out).
+    grid : Grid
+    blend, fade_mm, trim_slices
+        As in :func:`fuse`.
+    swaps : {"off", "detect", "correct"}
+        Assess fat–water swaps per station and per leg (:func:`cohortscale.ops.swaps.detect_swaps`), and
+        with ``"correct"`` exchange fat and water where a swap is found, before blending.
+    background_fraction : float
+        FF is NaN where fat + water is below this fraction of the participant's intensity scale (the
+        :data:`INTENSITY_PERCENTILE` percentile of fat + water).
+    **swap_options
+        Passed to :func:`~cohortscale.ops.swaps.detect_swaps`.
+
+    Returns
+    -------
+    FusedDixon
+    """
+    _check_blend(blend)
+    if swaps not in ("off", "detect", "correct"):
+        raise ValueError(f"swaps must be 'off', 'detect' or 'correct', got {swaps!r}")
+    samples = {c: {k: resample(s, grid) for k, s in stations.items()} for c, stations in contrasts.items()}
+    # Swaps are assessed before trimming: the evidence is in the overlaps, which trimming narrows.
+    result = None
+    if swaps != "off" and {"fat", "water"} <= samples.keys():
+        result = detect_swaps(samples["fat"], samples["water"], grid, **swap_options)
+    samples = {
+        c: {k: trim(sample, contrasts[c][k], grid, trim_slices) for k, sample in by_station.items()}
+        for c, by_station in samples.items()
+    }
+    if result is not None and swaps == "correct":
+        samples["fat"], samples["water"] = exchange_swapped(samples["fat"], samples["water"], result, grid)
+    volumes = {}
+    for contrast, by_station in samples.items():
+        order = sorted(by_station)
+        slice_weights = None
         if blend == "linear":
-            weight = weight * _fade(station, grid, fade_mm, xp)
-        total += values * weight
-        weights += weight
-    covered = weights > 0
-    return xp.where(covered, total / xp.where(covered, weights, 1), xp.float32(fill_value))
+            slice_weights = [
+                fade_weights(contrasts[contrast][k].trimmed(trim_slices), grid, fade_mm) for k in order
+            ]
+        # NaN where no station covers a voxel, so FF is NaN where only one of fat and water is known.
+        volumes[contrast] = blend_samples([by_station[k] for k in order], grid.shape, slice_weights, np.nan)
+    ff = None
+    if {"fat", "water"} <= volumes.keys():
+        xp = array_module(volumes["fat"])
+        total = volumes["fat"] + volumes["water"]
+        covered = total[total > 0]  # NaN compares false
+        scale = float(xp.percentile(covered, INTENSITY_PERCENTILE)) if covered.size else 0.0
+        ff = fat_fraction(volumes["fat"], volumes["water"], background_fraction * scale)
+    return FusedDixon(volumes, ff, result)
 
 
 def fat_fraction(fat, water, background: float) -> object:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from cohortscale.io.ledger import STATUSES, Ledger, Outcome
 from cohortscale.pipeline.cluster import GPU_RESOURCE, announce_dashboard
 
-__all__ = ["EngineConfig", "Outcome", "Stage", "StageReport", "Visit", "run_stage"]
+__all__ = ["EngineConfig", "Outcome", "Stage", "StageReport", "Visit", "ready_visits", "run_stage"]
 
 #: Batch size when neither the configuration, the caller nor earlier runs say what a visit costs. One
 #: visit per task is right for the expensive stages (ingest: tens of seconds per visit); cheap stages
@@ -44,6 +44,8 @@ WINDOW_PER_THREAD = 2
 MIN_WINDOW = 4
 #: Reason code of visits whose task raised on every attempt.
 TASK_ERROR = "task_error"
+#: Reason code of visits requeued because an upstream stage processed them again.
+UPSTREAM_CHANGED = "upstream_changed"
 #: Ledger statuses that settle a visit for a stage; "failed" visits are pending again.
 SETTLED = ("done", "quarantined")
 #: Hex digits of the per-run token in task keys.
@@ -257,6 +259,47 @@ def pending_visits(
     latest = Ledger(store).read(stage)
     settled = set(latest.loc[latest["status"].isin(SETTLED), "participant"])
     return [v for v in visits if v.key not in settled], latest
+
+
+def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str | Path) -> list[Visit]:
+    """Visits ``stage`` can process: those whose ``upstream`` stage is done.
+
+    The ledger of ``stage`` is brought up to date first: a visit that ``upstream`` processed again after
+    ``stage`` last settled it (new input, a rerun) gets a "failed" record with reason
+    ``upstream_changed``, so the engine processes it again; a visit ``upstream`` quarantined is
+    quarantined here too (reason ``<upstream>_quarantined``), so every stage accounts for every visit.
+
+    Parameters
+    ----------
+    stage, upstream : str
+        Stage names, e.g. ``"fusion"`` and ``"ingest"``.
+    visits : sequence of Visit
+    store : path-like
+
+    Returns
+    -------
+    list of Visit
+        In the given order.
+    """
+    ledger = Ledger(store)
+    before = ledger.read(upstream).set_index("participant")
+    mine = ledger.read(stage).set_index("participant")
+    updates = []
+    for visit in visits:
+        if visit.key not in before.index:
+            continue
+        status = before.at[visit.key, "status"]
+        settled_after = visit.key in mine.index and mine.at[visit.key, "time"] >= before.at[visit.key, "time"]
+        if status == "done" and visit.key in mine.index and not settled_after:
+            if mine.at[visit.key, "status"] in SETTLED:
+                message = f"Participant {visit.key}: {upstream} ran again after {stage}; {stage} runs again."
+                updates.append(Outcome(visit.key, "failed", UPSTREAM_CHANGED, message))
+        elif status == "quarantined" and not settled_after:
+            reason = before.at[visit.key, "reason"]
+            message = f"Participant {visit.key}: quarantined by {upstream} ({reason}); nothing to {stage}."
+            updates.append(Outcome(visit.key, "quarantined", f"{upstream}_quarantined", message))
+    ledger.record(stage, updates)
+    return [v for v in visits if v.key in before.index and before.at[v.key, "status"] == "done"]
 
 
 def batch_size_for(batch_seconds: float, cost_per_visit_s: float | None, remaining: int, threads: int) -> int:

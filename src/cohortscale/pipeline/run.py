@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
+from cohortscale.pipeline.fusion import FusionConfig
 from cohortscale.pipeline.ingest import IngestConfig
 
 
@@ -21,8 +22,11 @@ class RunConfig:
         Batching, window of tasks in flight, retries, progress display.
     ingest : IngestConfig
         Series patterns, archive limits, phase scaling of the ingest stage.
+    fusion : FusionConfig
+        Fused grid, blending, ghost trimming, fat–water swap handling and device of the fusion stage.
     """
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)

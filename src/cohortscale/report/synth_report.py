@@ -63,7 +63,7 @@ def marginals_table(population: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _coronal_extent(affine: np.ndarray, shape_zyx: tuple[int, ...]) -> tuple[float, float, float, float]:
+def coronal_extent(affine: np.ndarray, shape_zyx: tuple[int, ...]) -> tuple[float, float, float, float]:
     """Patient-mm extent (left, right, bottom, top) of a coronal section of an axial volume."""
     n_slices, _, n_cols = shape_zyx
     x0, dx, z0, dz = affine[0, 3], affine[0, 0], affine[2, 3], affine[2, 2]
@@ -82,7 +82,7 @@ def _coronal_figure(out: Path, eid: int, instance: int, path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(15, 8), sharey=True)
     for s in water:  # read_zip_series stacks slices feet→head
         section = s.pixels[:, s.pixels.shape[1] // 2, :]
-        axes[0].imshow(section, cmap="gray", origin="lower", extent=_coronal_extent(s.affine, s.pixels.shape))
+        axes[0].imshow(section, cmap="gray", origin="lower", extent=coronal_extent(s.affine, s.pixels.shape))
     axes[0].set_title("DICOM water, 6 stations")
     row = fused["labels"].shape[1] // 2
     for ax, name, cmap in zip(axes[1:], ("water", "ff", "labels"), ("gray", "magma", "tab20"), strict=True):
@@ -91,7 +91,7 @@ def _coronal_figure(out: Path, eid: int, instance: int, path: Path) -> None:
             section,
             cmap=cmap,
             interpolation="nearest",
-            extent=_coronal_extent(fused_affine, fused[name].shape),
+            extent=coronal_extent(fused_affine, fused[name].shape),
         )
         ax.set_title(f"truth: {name} (fused grid)")
     for ax in axes:

@@ -117,12 +117,22 @@ def fused_grid(slabs: list[StationSlab], scale: float, centre_xy: tuple[float, f
 
     Its index axes run to patient left, posterior and inferior (LPI); peers' NIfTI exports are LAS, so an
     exporter flips rows and slices (the affine says so; no data are reordered here)."""
-    rows, columns = scaled(FUSED_ROWS, scale), slabs[0].grid.shape[2]
-    spacing = slabs[0].pixel_spacing_mm
-    n = scaled(FUSED_SLICES, scale)
-    dz = FUSED_SLICE_SPACING_MM * FUSED_SLICES / n
+    (n, rows, columns), (spacing, _, dz) = fused_shape_spacing(scale)
     x0, y0 = in_plane_first_voxel(rows, columns, spacing, centre_xy)
     return Grid.axial((n, rows, columns), (spacing, spacing, dz), [x0, y0, slabs[0].top_edge - dz / 2])
+
+
+def fused_shape_spacing(scale: float) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape ``(slices, rows, columns)`` and spacing ``(dx, dy, dz)`` (mm) of the fused grid at ``scale``:
+    the fusion stage's settings that reproduce the truth grid of a scaled cohort."""
+    columns = scaled(FUSED_COLUMNS, scale)
+    spacing = DIXON_PIXEL_SPACING_MM * FUSED_COLUMNS / columns
+    n = scaled(FUSED_SLICES, scale)
+    return (n, scaled(FUSED_ROWS, scale), columns), (
+        spacing,
+        spacing,
+        FUSED_SLICE_SPACING_MM * FUSED_SLICES / n,
+    )
 
 
 def full_resolution_grid(slabs: list[StationSlab], centre_xy: tuple[float, float] = (0.0, 0.0)) -> Grid:

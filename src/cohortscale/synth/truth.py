@@ -14,14 +14,17 @@ they are the same for a ``--scale 0.25`` cohort and a full-scale one. Definition
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import zarr
 
 from cohortscale.geometry import Grid
 from cohortscale.ops.fatwater import iron_from_r2star
+from cohortscale.ops.swaps import SEGMENTS, segment_station
 from cohortscale.synth.anatomy import Body
 from cohortscale.synth.labels import LABELS, SIDES, THIGH_COMPARTMENTS, VERTEBRA_IDS
 from cohortscale.synth.shapes import paint
@@ -122,3 +125,21 @@ def fused_truth(
         "ff": dixon.ff.astype(np.float32)[labels],
         "pdff": pdff.astype(np.float32)[labels],
     }
+
+
+def swapped_segments(anomalies: pd.DataFrame, eid: int, instance: int) -> set[str]:
+    """Segments (``"3"``, ``"5L"``; see :data:`cohortscale.ops.swaps.SEGMENTS`) whose fat and water were
+    exchanged in a visit, from ``truth/anomalies.csv``.
+
+    A whole-station swap exchanges both legs of a leg station; a one-leg swap on top of it exchanges that
+    leg back (the generator applies the station swap first).
+    """
+    swapped: set[str] = set()
+    rows = anomalies[(anomalies["eid"] == eid) & (anomalies["instance"] == instance)]
+    for anomaly, details in zip(rows["anomaly"], rows["details"], strict=True):
+        info = json.loads(details)
+        if anomaly == "swap_station":
+            swapped ^= {s for s in SEGMENTS if segment_station(s) == info["station"]}
+        elif anomaly == "swap_leg":
+            swapped ^= {f"{info['station']}{info['side'][0].upper()}"}
+    return swapped

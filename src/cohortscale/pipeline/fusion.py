@@ -1,0 +1,250 @@
+"""The fusion stage: each visit's six Dixon stations → one neck-to-knee volume per contrast in the store.
+
+Per visit (on a worker): read the stations as ingest stored them (newest of duplicated stations, valid
+slice ranges of short stations, absent contrasts recorded as 0 slices), build the participant's grid
+(:func:`cohortscale.ops.fusion.neck_to_knee_grid`), fuse with fat–water swap detection
+(:func:`cohortscale.ops.fusion.fuse_dixon`) on the GPU when the worker has one, and write
+``dixon/fused/*``. Visits run once ingest is done for them, and again when ingest re-ran them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from cohortscale.backend import gpu_available
+from cohortscale.config import config_to_dict
+from cohortscale.geometry import Grid
+from cohortscale.io.store import ArraySpec, ensure_arrays, layout_of, open_store, participant_rows
+from cohortscale.ops.fusion import (
+    BLENDS,
+    FUSED_SHAPE,
+    FUSED_SPACING_MM,
+    Station,
+    fuse_dixon,
+    neck_to_knee_grid,
+)
+from cohortscale.ops.swaps import SEGMENTS
+from cohortscale.pipeline.cluster import ClusterConfig, connect
+from cohortscale.pipeline.engine import EngineConfig, Outcome, StageReport, Visit, ready_visits, run_stage
+from cohortscale.protocols import DIXON_CONTRASTS
+
+#: Where fused volumes live in the store.
+FUSED = "dixon/fused"
+#: Largest value of the uint16 fused contrasts.
+UINT16_MAX = np.iinfo(np.uint16).max
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Settings of the fusion stage.
+
+    Attributes
+    ----------
+    shape : (slices, rows, columns)
+        Cohort-wide fused grid shape (UK Biobank: 376 × 174 × 224).
+    spacing_mm : (dx, dy, dz)
+        Fused voxel size, mm.
+    blend : {"average", "linear"}
+        Overlap blending (STUDIES.md §2 averages).
+    fade_mm : float
+        Length of the linear fade, mm.
+    trim_slices : int
+        Slices dropped at each end of every station (wrap-around ghosts); 0 keeps all.
+    swaps : {"off", "detect", "correct"}
+        Fat–water swap handling: flags only, or flags and exchange before blending.
+    prior_weight, tissue_fraction : float
+        Swap detector settings (:func:`cohortscale.ops.swaps.detect_swaps`).
+    background_fraction : float
+        FF is NaN where fat + water is below this fraction of the participant's 99th percentile.
+    device : {"auto", "cpu", "gpu"}
+        Where the kernel runs: CuPy on a worker's GPU when available ("auto"), or forced.
+    """
+
+    shape: tuple[int, int, int] = FUSED_SHAPE
+    spacing_mm: tuple[float, float, float] = FUSED_SPACING_MM
+    blend: str = "average"
+    fade_mm: float = 40.0
+    trim_slices: int = 0
+    swaps: str = "detect"
+    prior_weight: float = 0.25
+    tissue_fraction: float = 0.25
+    background_fraction: float = 0.05
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.blend not in BLENDS:
+            raise ValueError(f"fusion.blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.swaps not in ("off", "detect", "correct"):
+            raise ValueError(f"fusion.swaps must be 'off', 'detect' or 'correct', got {self.swaps!r}")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"fusion.device must be 'auto', 'cpu' or 'gpu', got {self.device!r}")
+        if self.trim_slices < 0 or min(self.shape) < 1 or min(self.spacing_mm) <= 0:
+            raise ValueError("fusion.trim_slices must be ≥ 0, shape ≥ 1 and spacing_mm > 0")
+
+    def arrays(self, stations: int) -> dict[str, ArraySpec]:
+        """The stage's output arrays (beyond the participant axis)."""
+        dims = ("fused_z", "fused_y", "fused_x")
+        specs: dict[str, ArraySpec] = {
+            f"{FUSED}/{c}": (self.shape, "uint16", dims, 0) for c in DIXON_CONTRASTS
+        }
+        specs[f"{FUSED}/ff"] = (self.shape, "float32", dims, np.nan)
+        specs[f"{FUSED}/affine"] = ((4, 4), "float64", ("affine_row", "affine_col"), np.nan)
+        specs[f"{FUSED}/stations"] = ((stations,), "int8", ("station",), -1)
+        specs[f"{FUSED}/swapped"] = ((len(SEGMENTS),), "int8", ("segment",), -1)
+        specs[f"{FUSED}/swap_margin"] = ((len(SEGMENTS),), "float32", ("segment",), np.nan)
+        return specs
+
+
+def load_stations(root: zarr.Group, row: int, xp=np) -> dict[str, dict[int, Station]]:
+    """A visit's stations as ingest stored them: contrast → station number → Station.
+
+    Contrasts that ingest recorded as absent (0 slices) and stations without an affine are left out.
+    """
+    contrasts: dict[str, dict[int, Station]] = {c: {} for c in DIXON_CONTRASTS}
+    for k in sorted(layout_of(root).stations):
+        affine = np.asarray(root[f"dixon/station{k}/affine"][row])
+        if not np.isfinite(affine).all():
+            continue
+        slices = np.asarray(root[f"dixon/station{k}/slices"][row])
+        for ci, contrast in enumerate(DIXON_CONTRASTS):
+            first, count = (int(v) for v in slices[ci])
+            if count > 0:
+                volume = xp.asarray(root[f"dixon/station{k}/{contrast}"][row])
+                contrasts[contrast][k] = Station(volume, affine, (first, count))
+    return {c: s for c, s in contrasts.items() if s}
+
+
+def _to_uint16(volume, xp) -> np.ndarray:
+    """Rounded and clipped; voxels no station covers (NaN) become 0, the store's fill value."""
+    return _host(xp.clip(xp.rint(xp.nan_to_num(volume, nan=0.0)), 0, UINT16_MAX).astype(xp.uint16))
+
+
+def _host(array) -> np.ndarray:
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> Outcome:
+    """Fuse one visit and write its ``dixon/fused/*`` row; return its outcome."""
+    start = time.perf_counter()
+    stations = load_stations(root, visit.index, xp)
+    numbers = sorted(layout_of(root).stations)
+    if not stations:
+        message = f"participant {visit.key}: no Dixon station in the store to fuse"
+        return Outcome(visit.key, "quarantined", "no_dixon_data", message, time.perf_counter() - start)
+    everything = [s for by_station in stations.values() for s in by_station.values()]
+    grid = neck_to_knee_grid(everything, config.shape, config.spacing_mm)
+    fused = fuse_dixon(
+        stations,
+        grid,
+        blend=config.blend,
+        fade_mm=config.fade_mm,
+        trim_slices=config.trim_slices,
+        swaps=config.swaps,
+        background_fraction=config.background_fraction,
+        prior_weight=config.prior_weight,
+        tissue_fraction=config.tissue_fraction,
+    )
+    row = visit.index
+    for contrast, volume in fused.volumes.items():
+        root[f"{FUSED}/{contrast}"][row] = _to_uint16(volume, xp)
+    if fused.ff is not None:
+        root[f"{FUSED}/ff"][row] = _host(fused.ff)
+    root[f"{FUSED}/affine"][row] = grid.affine
+    root[f"{FUSED}/stations"][row] = [sum(k in s for s in stations.values()) for k in numbers]
+    swapped = np.full(len(SEGMENTS), -1, dtype="int8")
+    margin = np.full(len(SEGMENTS), np.nan, dtype="float32")
+    notes = []
+    if fused.swaps is not None:
+        for name, flag, m in zip(fused.swaps.segments, fused.swaps.swapped, fused.swaps.margin, strict=True):
+            if name in SEGMENTS:
+                swapped[SEGMENTS.index(name)], margin[SEGMENTS.index(name)] = flag, m
+        if fused.swaps.flagged():
+            action = "corrected" if config.swaps == "correct" else "flagged"
+            notes.append(f"fat–water swap {action} in {', '.join(fused.swaps.flagged())}")
+    root[f"{FUSED}/swapped"][row] = swapped
+    root[f"{FUSED}/swap_margin"][row] = margin
+    incomplete = [str(k) for k in numbers if any(k not in s for s in stations.values())]
+    if incomplete or len(stations) < len(DIXON_CONTRASTS):
+        notes.append(f"stations with absent contrasts: {', '.join(incomplete) or 'all'}")
+    message = f"participant {visit.key}: fused on {'GPU' if xp is not np else 'CPU'}"
+    message += f"; {'; '.join(notes)}" if notes else ""
+    return Outcome(visit.key, "done", "", message, time.perf_counter() - start)
+
+
+def _array_module(device: str):
+    """CuPy when the device is "gpu", or "auto" on a worker that has one; NumPy otherwise."""
+    if device == "gpu" or (device == "auto" and gpu_available()):
+        import cupy
+
+        return cupy
+    return np
+
+
+@dataclass(frozen=True)
+class FusionStage:
+    """The fusion stage for :func:`cohortscale.pipeline.engine.run_stage`."""
+
+    store: str
+    config: FusionConfig = field(default_factory=FusionConfig)
+    name: str = "fusion"
+    gpu: bool = True
+
+    def process(self, visits: list[Visit]) -> list[Outcome]:
+        root = open_store(self.store)
+        xp = _array_module(self.config.device)
+        return [fuse_visit(root, visit, self.config, xp) for visit in visits]
+
+
+def store_visits(store: str | Path) -> list[Visit]:
+    """Every visit of the store as an engine visit (no input files: stages after ingest read the store)."""
+    root = open_store(store, mode="r")
+    eids, instances = root["eid"][:], root["instance"][:]
+    return [
+        Visit(key, int(eids[i]), int(instances[i]), i) for key, i in sorted(participant_rows(root).items())
+    ]
+
+
+def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
+    """Create the stage's arrays and return the visits ready for it (ingest done)."""
+    root = open_store(store)
+    stations = len(layout_of(root).stations)
+    ensure_arrays(root, config.arrays(stations), attrs={"fusion_config": config_to_dict(config)})
+    root[f"{FUSED}/swapped"].attrs["segments"] = list(SEGMENTS)
+    root[f"{FUSED}/stations"].attrs["stations"] = sorted(layout_of(root).stations)
+    return ready_visits("fusion", "ingest", store_visits(store), store)
+
+
+def run_fusion(
+    store: str | Path,
+    config: FusionConfig | None = None,
+    engine: EngineConfig | None = None,
+    cluster: ClusterConfig | None = None,
+) -> StageReport:
+    """Fuse every ingested visit of ``store`` on a Dask cluster; resumable.
+
+    Parameters
+    ----------
+    store : path-like
+        Cohort store after ingest.
+    config, engine, cluster : optional
+        Fusion, engine (batching, retries, progress) and cluster settings.
+
+    Returns
+    -------
+    StageReport
+    """
+    config = config or FusionConfig()
+    visits = prepare_fusion(store, config)
+    with connect(cluster or ClusterConfig()) as client:
+        return run_stage(FusionStage(str(store), config), visits, store, client, engine or EngineConfig())
+
+
+def fused_grid(root: zarr.Group, participant: str) -> Grid:
+    """The fused grid of one participant, from the store."""
+    row = participant_rows(root)[participant]
+    return Grid(tuple(root[f"{FUSED}/water"].shape[1:]), np.asarray(root[f"{FUSED}/affine"][row]))
