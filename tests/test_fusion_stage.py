@@ -14,13 +14,15 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from cohortscale.io.dicom import read_zip_datasets, stack_series
 from cohortscale.io.export import export_participant
 from cohortscale.io.ledger import Ledger, Outcome
 from cohortscale.io.store import open_cohort, open_store, participant_rows
+from cohortscale.ops.fusion import Station, resample
 from cohortscale.ops.swaps import SEGMENTS
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
-from cohortscale.pipeline.fusion import FUSED, FusionConfig, run_fusion
+from cohortscale.pipeline.fusion import FUSED, FusionConfig, fused_grid, load_stations, run_fusion
 from cohortscale.synth.acquisition import fused_shape_spacing
 from cohortscale.synth.labels import LABELS
 from cohortscale.synth.truth import swapped_segments
@@ -162,3 +164,55 @@ def test_exported_landmarks_land_in_their_structures(
     ff = np.asarray(nifti.get_fdata(dtype=np.float32))
     assert ff[i, j, k] == data[i, j, k] == root[f"{FUSED}/ff"][0][k, j, i]
     assert ff[i, j, k] > 0.4
+
+
+def test_duplicated_and_missing_stations(anomalous: Path, anomalous_store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(anomalous_store, copy)
+    anomalies = pd.read_csv(anomalous / "truth" / "anomalies.csv")
+    root = open_store(copy)
+    (gap_key, gap_row), *_ = sorted(participant_rows(root).items())
+    # A whole station absent, as ingest records it when none of its series arrived: 0 slices, no affine.
+    root["dixon/station3/slices"][gap_row] = np.zeros((4, 2), dtype="int16")
+    root["dixon/station3/affine"][gap_row] = np.full((4, 4), np.nan)
+    run_fusion(copy, config_for(0.25), ENGINE, CLUSTER)
+    stations = np.asarray(root[f"{FUSED}/stations"][gap_row])
+    assert stations[2] == 0
+    flags = dict(zip(SEGMENTS, root[f"{FUSED}/swapped"][gap_row], strict=True))
+    assert flags["3"] == -1 and all(flags[s] in (0, 1) for s in ("2", "4", "5L", "5R", "6L", "6R"))
+    eid, instance = (int(v) for v in gap_key.split("_"))
+    assert {s for s, f in flags.items() if f == 1} == swapped_segments(anomalies, eid, instance) - {"3"}
+    # Where only station 3 reached, the fused volume is empty: 0 intensity, NaN fat fraction.
+    truth = visit_truth(anomalous, eid, instance)["fused"]
+    water, ff = root[f"{FUSED}/water"][gap_row], root[f"{FUSED}/ff"][gap_row]
+    body = np.asarray(truth["labels"]) > 0
+    empty_rows = [z for z in range(len(water)) if body[z].any() and not water[z].any()]
+    assert len(empty_rows) >= 3 and np.isnan(ff[empty_rows]).all()
+    # The duplicated station is fused from the acquisition ingest kept, the newest (read here from the
+    # zip with pydicom): where it alone covers the grid, the fused water is that series resampled.
+    k = json.loads(anomalies.query("eid == @eid and anomaly == 'duplicate_station'")["details"].iloc[0])[
+        "station"
+    ]
+    stored = load_stations(root, gap_row)["water"]
+    grid = fused_grid(root, gap_key)
+    others = [resample(s, grid) for number, s in stored.items() if number != k]
+    covered_by_others = np.zeros(grid.shape, bool)
+    for sample in others:
+        covered_by_others |= sample.full(grid.shape)[1]
+    stored_top = stored[k].valid()[1][2, 3]
+    water_series: dict[str, list] = {}
+    for ds in read_zip_datasets(anomalous / "bulk" / f"{eid}_20201_{instance}_0.zip"):
+        if str(ds.SeriesDescription).endswith("_W"):
+            water_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    acquisitions = sorted(
+        (s for s in map(stack_series, water_series.values()) if abs(s.affine[2, 3] - stored_top) < 1.0),
+        key=lambda s: s.time,
+    )
+    assert len(acquisitions) == 2
+    fused_from = {}
+    for name, series in zip(("older", "newer"), acquisitions, strict=True):
+        values, inside = resample(Station(series.pixels, series.affine), grid).full(grid.shape)
+        alone = inside & ~covered_by_others
+        fused_from[name] = np.abs(water[alone] - np.rint(values[alone])).max()
+    assert alone.sum() > 1000
+    assert fused_from["newer"] <= 1 < fused_from["older"]
