@@ -33,7 +33,8 @@ SCALE = 0.25
 
 
 def evaluate(out: Path, participants: int, rate: float, snr: float, seed: int) -> pd.DataFrame:
-    """Flags against truth for every fused segment of one generated cohort (one row per segment)."""
+    """Flags against truth for every segment of the fused visits of one generated cohort (one row per
+    segment; visits ingest quarantined have no images and are left out)."""
     config = load_config(
         SynthConfig,
         overrides={"participants": participants, "scale": SCALE, "seed": seed, "workers": 2,
@@ -50,14 +51,16 @@ def evaluate(out: Path, participants: int, rate: float, snr: float, seed: int) -
     root = open_store(store, mode="r")
     rows = []
     for key, row in participant_rows(root).items():
+        if not np.isfinite(root[f"{FUSED}/affine"][row]).all():
+            continue  # quarantined by ingest (corrupt zip): no images to assess
         flags = np.asarray(root[f"{FUSED}/swapped"][row])
         margins = np.asarray(root[f"{FUSED}/swap_margin"][row])
         eid, instance = (int(v) for v in key.split("_"))
         truth = swapped_segments(anomalies, eid, instance)
         for segment, flag, margin in zip(SEGMENTS, flags, margins, strict=True):
-            if flag >= 0:
+            if flag >= 0 or segment in truth:  # an unassessed swapped segment counts as missed
                 rows.append({"participant": key, "segment": segment, "truth": segment in truth,
-                             "flag": bool(flag), "margin": float(margin)})  # fmt: skip
+                             "flag": flag == 1, "assessed": flag >= 0, "margin": float(margin)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -69,12 +72,13 @@ def summarise(frame: pd.DataFrame, snr: float, unit: str) -> dict[str, object]:
         "dixon_snr": snr,
         "unit": unit,
         "visits": frame["participant"].nunique(),
-        "assessed": len(frame),
+        "assessed": int(frame["assessed"].sum()),
+        "swapped but not assessed": int((frame["truth"] & ~frame["assessed"]).sum()),
         "swapped (truth)": len(positives),
         "TP": tp, "FN": fn, "TN": tn, "FP": fp,
         "sensitivity": round(tp / max(tp + fn, 1), 4),
         "specificity": round(tn / max(tn + fp, 1), 4),
-        "min margin": round(float(frame["margin"].min()), 3),
+        "min margin": round(float(frame["margin"].min()), 3),  # NaN margins (unassessed) are skipped
     }  # fmt: skip
 
 
@@ -82,7 +86,12 @@ def per_visit(frame: pd.DataFrame) -> pd.DataFrame:
     """A visit is positive when any of its segments is."""
     return (
         frame.groupby("participant")
-        .agg(truth=("truth", "any"), flag=("flag", "any"), margin=("margin", "min"))
+        .agg(
+            truth=("truth", "any"),
+            flag=("flag", "any"),
+            assessed=("assessed", "all"),
+            margin=("margin", "min"),
+        )
         .reset_index()
         .assign(segment="any")
     )
@@ -107,7 +116,9 @@ def main() -> None:
         rows,
         notes=f"Quarter-scale synthetic cohorts, swap_station and swap_leg rates {args.rate} each plus the "
         "default rates of every other anomaly (duplicates, ghosts, missing series, short stations, ...). "
-        "Segments: stations 1–4 and each leg of stations 5–6. Fusion stage defaults (swaps='detect').",
+        "Segments: stations 1–4 and each leg of stations 5–6; a swapped segment that could not be assessed "
+        "(its fat or water series lost) counts as missed; visits ingest quarantined (corrupt zips) have no "
+        "images and are left out. Fusion stage defaults (swaps='detect').",
     )
 
 

@@ -34,6 +34,9 @@ def test_resample_equals_map_coordinates(ascending: bool) -> None:
     grid = Grid.axial((25, 22, 26), (2.0, 2.1, 3.0), [-27.0, -24.0, 35.0])
     values, inside = resample(Station(volume, affine), grid).full(grid.shape)
     expected = reference(volume, affine, grid)
+    coords = apply_affine(np.linalg.inv(affine), grid.points())  # (x, y, z) station index per voxel
+    hull = np.all((coords > -1e-6) & (coords < np.array(volume.shape[::-1]) - 1 + 1e-6), axis=-1)
+    np.testing.assert_array_equal(inside, hull)
     assert inside.sum() > 1000 and (~inside).sum() > 100
     np.testing.assert_allclose(values[inside], expected[inside], rtol=1e-4, atol=1e-3)
     assert np.all(values[~inside] == 0)
@@ -130,11 +133,15 @@ def test_trim_equals_resampling_the_trimmed_station() -> None:
     affine[:3, 3] = [-25.3, -21.7, 30.0]
     grid = Grid.axial((30, 22, 26), (2.0, 2.1, 3.0), [-27.0, -24.0, 35.0])
     station = Station(volume, affine, slices=(1, 12))
-    for slices in (1, 3):
-        trimmed = trim(resample(station, grid), station, grid, slices)
-        expected = resample(station.trimmed(slices), grid)
-        np.testing.assert_array_equal(trimmed.full(grid.shape)[1], expected.full(grid.shape)[1])
-        np.testing.assert_allclose(trimmed.full(grid.shape)[0], expected.full(grid.shape)[0], rtol=1e-6)
+    c, s = np.cos(0.25), np.sin(0.25)
+    tilted = Grid((30, 22, 26), np.array([[2.0, 0, 0, -27.0], [0, 2.1 * c, -3 * s, -24.0],
+                                          [0, 2.1 * s, 3 * c, -20.0], [0, 0, 0, 1]]))  # fmt: skip
+    for slices, target in ((1, grid), (3, grid), (2, tilted)):
+        trimmed = trim(resample(station, target), station, target, slices)
+        expected = resample(station.trimmed(slices), target)
+        assert expected.full(target.shape)[1].sum() > 100
+        np.testing.assert_array_equal(trimmed.full(target.shape)[1], expected.full(target.shape)[1])
+        np.testing.assert_allclose(trimmed.full(target.shape)[0], expected.full(target.shape)[0], rtol=1e-6)
         assert station.trimmed(slices).valid_slices == (1 + slices, 12 - 2 * slices)
     assert station.trimmed(10).valid_slices == (6, 2)  # never trimmed away
 

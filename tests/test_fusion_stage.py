@@ -157,8 +157,12 @@ def test_exported_landmarks_land_in_their_structures(
     assert header["space"] == "left-posterior-superior"
     np.testing.assert_allclose(from_nifti, from_nrrd, atol=1e-6)
     i, j, k = np.rint(from_nifti).astype(int)
-    # The truth's label volume (its own affine, same grid) says which structure that voxel is.
-    labels = np.asarray(visit_truth(noiseless_cohort, *(int(v) for v in key.split("_")))["fused"]["labels"])
+    # The truth's label volume (its own affine, on the same grid to < 0.5 mm) says which structure that is.
+    truth = visit_truth(noiseless_cohort, *(int(v) for v in key.split("_")))["fused"]
+    labels = np.asarray(truth["labels"])
+    truth_affine = np.asarray(truth.attrs["affine"])
+    truth_index = np.linalg.solve(truth_affine[:3, :3], point_lps - truth_affine[:3, 3])
+    np.testing.assert_allclose(from_nifti, truth_index, atol=0.25)  # voxels of 4.5 mm and 6 mm
     assert labels[k, j, i] == LABELS[structure]
     # Marrow is fatty: both files hold the fused FF of that voxel, in (x, y, z) order.
     ff = np.asarray(nifti.get_fdata(dtype=np.float32))
@@ -216,3 +220,29 @@ def test_duplicated_and_missing_stations(anomalous: Path, anomalous_store: Path,
         fused_from[name] = np.abs(water[alone] - np.rint(values[alone])).max()
     assert alone.sum() > 1000
     assert fused_from["newer"] <= 1 < fused_from["older"]
+
+
+def test_fusing_again_replaces_every_output(anomalous_store: Path, tmp_path: Path) -> None:
+    store, first = fused_copy(anomalous_store, tmp_path, config_for(0.25))
+    assert first.done == 2
+    root = open_store(store)
+    (key_a, row_a), (key_b, row_b) = sorted(participant_rows(root).items())
+    ledger = Ledger(store)
+    # Ingest ran again for A and kept no fat series this time; ingest quarantined B.
+    for k in range(1, 7):
+        slices = root[f"dixon/station{k}/slices"][row_a]
+        slices[2] = 0
+        root[f"dixon/station{k}/slices"][row_a] = slices
+    ledger.record("ingest", [Outcome(key_a, "done"), Outcome(key_b, "quarantined", "corrupt_zip")])
+    again = run_fusion(store, config_for(0.25), ENGINE, CLUSTER)
+    assert (again.done, again.skipped) == (1, 0)  # B is not ready: quarantined upstream
+    assert not root[f"{FUSED}/fat"][row_a].any() and np.isnan(root[f"{FUSED}/ff"][row_a]).all()
+    assert (root[f"{FUSED}/swapped"][row_a] == -1).all() and root[f"{FUSED}/water"][row_a].any()
+    assert np.isnan(root[f"{FUSED}/affine"][row_b]).all() and not root[f"{FUSED}/water"][row_b].any()
+    latest = ledger.read("fusion").set_index("participant")
+    assert (latest.at[key_b, "status"], latest.at[key_b, "reason"]) == ("quarantined", "ingest_quarantined")
+    # New settings fuse every fused visit again; the same settings do nothing.
+    changed = run_fusion(store, config_for(0.25, trim_slices=1), ENGINE, CLUSTER)
+    assert (changed.done, changed.skipped) == (1, 0)
+    assert run_fusion(store, config_for(0.25, trim_slices=1), ENGINE, CLUSTER).done == 0
+    assert root[f"{FUSED}/water"].attrs["fusion_config"]["trim_slices"] == 1

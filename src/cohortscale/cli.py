@@ -167,7 +167,10 @@ def fuse(store: str, strict: bool, config_file: str | None, sets: tuple[str, ...
     from cohortscale.pipeline.fusion import run_fusion
 
     run = _run_config(config_file, sets, **options)
-    report = run_fusion(store, run.fusion, run.engine, run.cluster)
+    try:
+        report = run_fusion(store, run.fusion, run.engine, run.cluster)
+    except ValueError as exc:  # the store's fused grid differs from the one asked for
+        raise click.UsageError(str(exc)) from exc
     click.echo(str(report))
     _exit_if_unsettled(strict, store, "fusion")
 

@@ -130,13 +130,10 @@ def _create(
     )
 
 
-def ensure_arrays(
-    root: zarr.Group, specs: Mapping[str, ArraySpec], attrs: Mapping[str, Any] | None = None
-) -> None:
+def ensure_arrays(root: zarr.Group, specs: Mapping[str, ArraySpec]) -> None:
     """Create the per-participant arrays ``specs`` (path → spec) that the store lacks, for every row.
 
     A stage calls this before it runs, so that its workers only write their participants' chunks.
-    ``attrs`` are set on every array of ``specs``.
 
     Raises
     ------
@@ -157,8 +154,6 @@ def ensure_arrays(
                 array.resize((n, *array.shape[1:]))
         else:
             _create(root, path, n, shape, dtype, dims, fill)
-        if attrs:
-            root[path].attrs.update(dict(attrs))
 
 
 def create_store(

@@ -277,9 +277,10 @@ def exchange_swapped(
         xp = array_module(f.values)
         plane = side_mask(grid, result.midlines_mm[k], side, xp)
         rows = common_rows(f, w)  # a leg's voxels are exchanged where both images cover them
+        both = plane & f.cut(rows).inside & w.cut(rows).inside
         fat_values, water_values = f.values.copy(), w.values.copy()
-        fat_values[_within(rows, f)] = xp.where(plane, w.cut(rows).values, f.cut(rows).values)
-        water_values[_within(rows, w)] = xp.where(plane, f.cut(rows).values, w.cut(rows).values)
+        fat_values[_within(rows, f)] = xp.where(both, w.cut(rows).values, f.cut(rows).values)
+        water_values[_within(rows, w)] = xp.where(both, f.cut(rows).values, w.cut(rows).values)
         fat_out[k] = Sample(f.rows, fat_values, f.inside)
         water_out[k] = Sample(w.rows, water_values, w.inside)
     return fat_out, water_out

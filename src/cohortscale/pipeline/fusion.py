@@ -19,6 +19,7 @@ import zarr
 from cohortscale.backend import gpu_available
 from cohortscale.config import config_to_dict
 from cohortscale.geometry import Grid
+from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import ArraySpec, ensure_arrays, layout_of, open_store, participant_rows
 from cohortscale.ops.fusion import (
     BLENDS,
@@ -134,6 +135,7 @@ def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> O
     stations = load_stations(root, visit.index, xp)
     numbers = sorted(layout_of(root).stations)
     if not stations:
+        clear_row(root, visit.index, config, len(numbers))
         message = f"participant {visit.key}: no Dixon station in the store to fuse"
         return Outcome(visit.key, "quarantined", "no_dixon_data", message, time.perf_counter() - start)
     everything = [s for by_station in stations.values() for s in by_station.values()]
@@ -150,6 +152,11 @@ def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> O
         tissue_fraction=config.tissue_fraction,
     )
     row = visit.index
+    # Every output is written on every run (fill values for what is absent now), so a visit fused again
+    # after losing a series keeps nothing of its earlier fusion.
+    clear_row(
+        root, row, config, len(numbers), keep=set(fused.volumes) | ({"ff"} if fused.ff is not None else set())
+    )
     for contrast, volume in fused.volumes.items():
         root[f"{FUSED}/{contrast}"][row] = _to_uint16(volume, xp)
     if fused.ff is not None:
@@ -168,12 +175,24 @@ def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> O
             notes.append(f"fat–water swap {action} in {', '.join(fused.swaps.flagged())}")
     root[f"{FUSED}/swapped"][row] = swapped
     root[f"{FUSED}/swap_margin"][row] = margin
+    absent = [c for c in DIXON_CONTRASTS if c not in stations]
     incomplete = [str(k) for k in numbers if any(k not in s for s in stations.values())]
-    if incomplete or len(stations) < len(DIXON_CONTRASTS):
-        notes.append(f"stations with absent contrasts: {', '.join(incomplete) or 'all'}")
+    if absent:
+        notes.append(f"contrasts absent from every station: {', '.join(absent)}")
+    if incomplete:
+        notes.append(f"stations with absent contrasts: {', '.join(incomplete)}")
     message = f"participant {visit.key}: fused on {'GPU' if xp is not np else 'CPU'}"
     message += f"; {'; '.join(notes)}" if notes else ""
     return Outcome(visit.key, "done", "", message, time.perf_counter() - start)
+
+
+def clear_row(
+    root: zarr.Group, row: int, config: FusionConfig, stations: int, keep: set[str] = frozenset()
+) -> None:
+    """Reset a visit's fusion outputs to their fill values (those named in ``keep`` are left alone)."""
+    for path, (shape, dtype, _, fill) in config.arrays(stations).items():
+        if path.rsplit("/", 1)[1] not in keep:
+            root[path][row] = np.full(shape, fill, dtype=dtype)
 
 
 def _array_module(device: str):
@@ -210,13 +229,41 @@ def store_visits(store: str | Path) -> list[Visit]:
 
 
 def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
-    """Create the stage's arrays and return the visits ready for it (ingest done)."""
+    """Create the stage's arrays and return the visits ready for it (ingest done).
+
+    Visits fused with other settings are fused again (a "failed" record, reason ``config_changed``);
+    visits ingest has quarantined since they were fused lose their fused rows.
+    """
     root = open_store(store)
     stations = len(layout_of(root).stations)
-    ensure_arrays(root, config.arrays(stations), attrs={"fusion_config": config_to_dict(config)})
+    settings = _settings(config)
+    previous = root[f"{FUSED}/affine"].attrs.get("fusion_config") if f"{FUSED}/affine" in root else None
+    ensure_arrays(root, config.arrays(stations))
+    for path in config.arrays(stations):
+        root[path].attrs["fusion_config"] = settings
     root[f"{FUSED}/swapped"].attrs["segments"] = list(SEGMENTS)
     root[f"{FUSED}/stations"].attrs["stations"] = sorted(layout_of(root).stations)
-    return ready_visits("fusion", "ingest", store_visits(store), store)
+    visits = store_visits(store)
+    ledger = Ledger(store)
+    if previous is not None and previous != settings:
+        fused = ledger.read("fusion")
+        again = fused.loc[fused["status"] == "done", "participant"]
+        message = "participant {}: fusion settings changed; fusing again"
+        ledger.record("fusion", [Outcome(k, "failed", "config_changed", message.format(k)) for k in again])
+    ready = ready_visits("fusion", "ingest", visits, store)
+    affines = root[f"{FUSED}/affine"][:]
+    ready_keys = {v.key for v in ready}
+    for visit in visits:
+        if visit.key not in ready_keys and np.isfinite(affines[visit.index]).all():
+            clear_row(root, visit.index, config, stations)
+    return ready
+
+
+def _settings(config: FusionConfig) -> dict:
+    """The settings that shape the fused volumes (not where they are computed)."""
+    settings = config_to_dict(config)
+    settings.pop("device")
+    return settings
 
 
 def run_fusion(
