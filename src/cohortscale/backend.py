@@ -26,3 +26,8 @@ def gpu_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # ImportError, or CUDA runtime errors on machines without a driver
         return False
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A NumPy copy of a CuPy array (from the device), or the NumPy array itself."""
+    return array.get() if type(array).__module__.startswith("cupy") else np.asarray(array)

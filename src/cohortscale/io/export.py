@@ -78,6 +78,14 @@ def lps_to_ras(affine: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ np.asarray(affine, dtype=float)
 
 
+def _xyz(volume_zyx: np.ndarray) -> np.ndarray:
+    """A stored ``[Z, Y, X]`` volume as the ``(x, y, z)`` view both formats write (no copy)."""
+    volume = np.asarray(volume_zyx)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a [Z, Y, X] volume, got shape {volume.shape}")
+    return volume.transpose(2, 1, 0)
+
+
 def write_nifti(volume_zyx: np.ndarray, affine_lps: np.ndarray, path: str | Path) -> Path:
     """Write a volume as NIfTI-1, data axes ``(x, y, z)`` and sform = qform = the RAS affine.
 
@@ -95,12 +103,10 @@ def write_nifti(volume_zyx: np.ndarray, affine_lps: np.ndarray, path: str | Path
     Path
         ``path``.
     """
-    volume = np.asarray(volume_zyx)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a [Z, Y, X] volume, got shape {volume.shape}")
+    volume = _xyz(volume_zyx)
     ras = lps_to_ras(affine_lps)
     # The transposed view is Fortran-ordered, which is NIfTI's on-disk order: no copy.
-    image = nib.Nifti1Image(volume.transpose(2, 1, 0), ras)
+    image = nib.Nifti1Image(volume, ras)
     image.header.set_data_dtype(volume.dtype)
     image.header.set_xyzt_units(xyz="mm", t="sec")
     image.set_sform(ras, code=1)
@@ -128,9 +134,7 @@ def write_nrrd(volume_zyx: np.ndarray, affine_lps: np.ndarray, path: str | Path)
     Path
         ``path``.
     """
-    volume = np.asarray(volume_zyx)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a [Z, Y, X] volume, got shape {volume.shape}")
+    volume = _xyz(volume_zyx)
     affine = np.asarray(affine_lps, dtype=float)
     header = {
         "space": "left-posterior-superior",
@@ -142,7 +146,7 @@ def write_nrrd(volume_zyx: np.ndarray, affine_lps: np.ndarray, path: str | Path)
         "encoding": "gzip",
     }
     path = Path(path)
-    nrrd.write(str(path), volume.transpose(2, 1, 0), header, index_order="F", compression_level=GZIP_LEVEL)
+    nrrd.write(str(path), volume, header, index_order="F", compression_level=GZIP_LEVEL)
     return path
 
 

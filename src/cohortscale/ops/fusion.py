@@ -17,7 +17,7 @@ import numpy as np
 from cohortscale.backend import array_module
 from cohortscale.geometry import Grid
 from cohortscale.ops.resample import HULL_TOLERANCE, Sample, Station, resample, trim
-from cohortscale.ops.swaps import SwapResult, detect_swaps, exchange_swapped
+from cohortscale.ops.swaps import SwapResult, detect_swaps, exchange_swapped, intensity_scale
 
 __all__ = [
     "BLENDS", "FUSED_SHAPE", "FUSED_SPACING_MM", "HULL_TOLERANCE", "FusedDixon", "Sample", "Station",
@@ -32,10 +32,6 @@ FUSED_SHAPE = (376, 174, 224)
 MIN_WEIGHT = 1e-3
 #: Blends :func:`fuse` knows.
 BLENDS = ("average", "linear")
-#: Percentile of fat + water (over covered voxels) that sets the intensity scale of a participant.
-INTENSITY_PERCENTILE = 99.0
-#: Every this-many covered voxel enters that percentile (millions of voxels; a subsample estimates it).
-SCALE_SUBSAMPLE = 7
 
 
 @dataclass(frozen=True)
@@ -133,6 +129,15 @@ def blend_samples(
     return total
 
 
+def _slice_weights(
+    stations: Sequence[Station], grid: Grid, blend: str, fade_mm: float, trim_slices: int
+) -> list[np.ndarray] | None:
+    """Per-slice weights of the (trimmed) stations for ``blend``; None for averaging."""
+    if blend == "average":
+        return None
+    return [fade_weights(s.trimmed(trim_slices), grid, fade_mm) for s in stations]
+
+
 def _check_blend(blend: str) -> None:
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
@@ -170,10 +175,9 @@ def fuse(
     """
     _check_blend(blend)
     samples = [trim(resample(s, grid), s, grid, trim_slices) for s in stations]
-    weights = (
-        [fade_weights(s.trimmed(trim_slices), grid, fade_mm) for s in stations] if blend == "linear" else None
+    return blend_samples(
+        samples, grid.shape, _slice_weights(stations, grid, blend, fade_mm, trim_slices), fill_value
     )
-    return blend_samples(samples, grid.shape, weights, fill_value)
 
 
 def fuse_dixon(
@@ -201,7 +205,7 @@ def fuse_dixon(
         with ``"correct"`` exchange fat and water where a swap is found, before blending.
     background_fraction : float
         FF is NaN where fat + water is below this fraction of the participant's intensity scale (the
-        :data:`INTENSITY_PERCENTILE` percentile of fat + water).
+        :func:`~cohortscale.ops.swaps.intensity_scale` of fat + water).
     **swap_options
         Passed to :func:`~cohortscale.ops.swaps.detect_swaps`.
 
@@ -226,19 +230,13 @@ def fuse_dixon(
     volumes = {}
     for contrast, by_station in samples.items():
         order = sorted(by_station)
-        slice_weights = None
-        if blend == "linear":
-            slice_weights = [
-                fade_weights(contrasts[contrast][k].trimmed(trim_slices), grid, fade_mm) for k in order
-            ]
+        stations = [contrasts[contrast][k] for k in order]
+        weights = _slice_weights(stations, grid, blend, fade_mm, trim_slices)
         # NaN where no station covers a voxel, so FF is NaN where only one of fat and water is known.
-        volumes[contrast] = blend_samples([by_station[k] for k in order], grid.shape, slice_weights, np.nan)
+        volumes[contrast] = blend_samples([by_station[k] for k in order], grid.shape, weights, np.nan)
     ff = None
     if {"fat", "water"} <= volumes.keys():
-        xp = array_module(volumes["fat"])
-        total = volumes["fat"] + volumes["water"]
-        covered = total[total > 0][::SCALE_SUBSAMPLE]  # NaN compares false
-        scale = float(xp.percentile(covered, INTENSITY_PERCENTILE)) if covered.size else 0.0
+        scale = intensity_scale(volumes["fat"] + volumes["water"])
         ff = fat_fraction(volumes["fat"], volumes["water"], background_fraction * scale)
     return FusedDixon(volumes, ff, result)
 

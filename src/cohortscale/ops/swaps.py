@@ -43,7 +43,9 @@ SIDES = ("L", "R")
 SEGMENTS = ("1", "2", "3", "4", "5L", "5R", "6L", "6R")
 #: Most segments enumerated exactly (2**n labellings).
 MAX_SEGMENTS = 16
-#: Every this-many voxel of a station enters its intensity percentile (a subsample estimates it).
+#: Percentile of fat + water that sets a station's or a participant's intensity scale.
+INTENSITY_PERCENTILE = 99.0
+#: Every this-many voxel enters that percentile (millions of voxels; a subsample estimates it).
 SCALE_SUBSAMPLE = 7
 
 
@@ -76,6 +78,15 @@ class SwapResult:
     def flagged(self) -> list[str]:
         """Names of the segments found swapped."""
         return [name for name, s in zip(self.segments, self.swapped, strict=True) if s]
+
+
+def intensity_scale(values, percentile: float = INTENSITY_PERCENTILE) -> float:
+    """The ``percentile`` of the positive entries of ``values`` (NaN and 0 left out), estimated on every
+    :data:`SCALE_SUBSAMPLE`-th entry; 0 when there are none."""
+    xp = array_module(values)
+    sample = values.ravel()[::SCALE_SUBSAMPLE]
+    sample = sample[sample > 0]  # NaN compares false
+    return float(xp.percentile(sample, percentile)) if sample.size else 0.0
 
 
 def segment_name(station: int, side: str | None) -> str:
@@ -152,7 +163,8 @@ def detect_swaps(
     leg_stations : tuple of int
         Stations assessed per leg.
     tissue_fraction : float
-        Tissue is where fat + water exceeds this fraction of the 99th percentile of fat + water.
+        Tissue is where fat + water exceeds this fraction of the median over stations of
+        :func:`intensity_scale` of fat + water.
     prior_weight : float
         Weight of the anatomical prior against one overlap's consistency cost.
     min_voxels : int
@@ -171,11 +183,7 @@ def detect_swaps(
     water = {k: water[k].cut(rows[k]) for k in stations}
     xp = array_module(*(fat[k].values for k in stations))
     totals = {k: fat[k].values + water[k].values for k in stations}
-    scales = [
-        float(xp.percentile(t[fat[k].inside][::SCALE_SUBSAMPLE], 99))
-        for k, t in totals.items()
-        if fat[k].inside.any()
-    ]
+    scales = [scale for scale in (intensity_scale(totals[k]) for k in stations) if scale > 0]
     threshold = tissue_fraction * float(np.median(scales)) if scales else np.inf
     tissue = {k: fat[k].inside & water[k].inside & (totals[k] > threshold) for k in stations}
     outer = {k: outer_layer(t) for k, t in tissue.items()}
@@ -192,15 +200,11 @@ def detect_swaps(
         else:
             regions[segment_name(k, None)] = (k, None)
 
-    def region_tissue(name: str) -> object:
-        k, plane = regions[name]
-        return tissue[k] if plane is None else tissue[k] & plane
-
     names, priors = [], []
     for name, (k, plane) in regions.items():
-        mask = outer[k] if plane is None else outer[k] & plane
+        mask = _restrict(outer[k], plane)
         count = int(mask.sum())
-        if int(region_tissue(name).sum()) < min_voxels or count == 0:
+        if int(_restrict(tissue[k], plane).sum()) < min_voxels or count == 0:
             continue
         names.append(name)
         priors.append(float((fat[k].values[mask] > water[k].values[mask]).sum()) / count)
@@ -245,10 +249,7 @@ def _pair_cost(
         return None
     f_i, w_i, f_j, w_j = (s.cut(rows) for s in (fat[ki], water[ki], fat[kj], water[kj]))
     either = tissue[ki][_within(rows, fat[ki])] | tissue[kj][_within(rows, fat[kj])]
-    mask = either & f_i.inside & f_j.inside
-    for plane in (plane_i, plane_j):
-        if plane is not None:
-            mask = mask & plane
+    mask = _restrict(_restrict(either & f_i.inside & f_j.inside, plane_i), plane_j)
     if int(mask.sum()) < min_voxels:
         return None
     fi, wi, fj, wj = (s.values[mask] for s in (f_i, w_i, f_j, w_j))
@@ -256,6 +257,11 @@ def _pair_cost(
     opposite = float((abs(fi - wj) + abs(wi - fj)).mean())
     total = same + opposite
     return 0.5 if total == 0 else same / total
+
+
+def _restrict(mask, plane):
+    """``mask`` within a leg's in-plane region (``plane``), or whole when ``plane`` is None."""
+    return mask if plane is None else mask & plane
 
 
 def _within(rows: slice, sample: Sample) -> slice:

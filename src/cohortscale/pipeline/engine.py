@@ -28,9 +28,19 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cohortscale.io.ledger import STATUSES, Ledger, Outcome
+from cohortscale.io.store import open_store, participant_rows
 from cohortscale.pipeline.cluster import GPU_RESOURCE, announce_dashboard
 
-__all__ = ["EngineConfig", "Outcome", "Stage", "StageReport", "Visit", "ready_visits", "run_stage"]
+__all__ = [
+    "EngineConfig",
+    "Outcome",
+    "Stage",
+    "StageReport",
+    "Visit",
+    "ready_visits",
+    "run_stage",
+    "store_visits",
+]
 
 #: Batch size when neither the configuration, the caller nor earlier runs say what a visit costs. One
 #: visit per task is right for the expensive stages (ingest: tens of seconds per visit); cheap stages
@@ -259,6 +269,16 @@ def pending_visits(
     latest = Ledger(store).read(stage)
     settled = set(latest.loc[latest["status"].isin(SETTLED), "participant"])
     return [v for v in visits if v.key not in settled], latest
+
+
+def store_visits(store: str | Path) -> list[Visit]:
+    """Every visit of the cohort store as an engine visit, by key (no input files: the stages after
+    ingest read the store)."""
+    root = open_store(store, mode="r")
+    eids, instances = root["eid"][:], root["instance"][:]
+    return [
+        Visit(key, int(eids[i]), int(instances[i]), i) for key, i in sorted(participant_rows(root).items())
+    ]
 
 
 def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str | Path) -> list[Visit]:

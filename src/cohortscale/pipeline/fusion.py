@@ -10,13 +10,14 @@ slice ranges of short stations, absent contrasts recorded as 0 slices), build th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from cohortscale.backend import gpu_available
+from cohortscale.backend import gpu_available, to_numpy
 from cohortscale.config import config_to_dict
 from cohortscale.geometry import Grid
 from cohortscale.io.ledger import Ledger
@@ -31,7 +32,15 @@ from cohortscale.ops.fusion import (
 )
 from cohortscale.ops.swaps import SEGMENTS
 from cohortscale.pipeline.cluster import ClusterConfig, connect
-from cohortscale.pipeline.engine import EngineConfig, Outcome, StageReport, Visit, ready_visits, run_stage
+from cohortscale.pipeline.engine import (
+    EngineConfig,
+    Outcome,
+    StageReport,
+    Visit,
+    ready_visits,
+    run_stage,
+    store_visits,
+)
 from cohortscale.protocols import DIXON_CONTRASTS
 
 #: Where fused volumes live in the store.
@@ -101,13 +110,16 @@ class FusionConfig:
         return specs
 
 
-def load_stations(root: zarr.Group, row: int, xp=np) -> dict[str, dict[int, Station]]:
+def load_stations(
+    root: zarr.Group, row: int, numbers: Sequence[int] | None = None, xp=np
+) -> dict[str, dict[int, Station]]:
     """A visit's stations as ingest stored them: contrast → station number → Station.
 
-    Contrasts that ingest recorded as absent (0 slices) and stations without an affine are left out.
+    ``numbers`` are the store's station numbers (default: from its layout). Contrasts that ingest
+    recorded as absent (0 slices) and stations without an affine are left out.
     """
     contrasts: dict[str, dict[int, Station]] = {c: {} for c in DIXON_CONTRASTS}
-    for k in sorted(layout_of(root).stations):
+    for k in numbers if numbers is not None else sorted(layout_of(root).stations):
         affine = np.asarray(root[f"dixon/station{k}/affine"][row])
         if not np.isfinite(affine).all():
             continue
@@ -122,18 +134,14 @@ def load_stations(root: zarr.Group, row: int, xp=np) -> dict[str, dict[int, Stat
 
 def _to_uint16(volume, xp) -> np.ndarray:
     """Rounded and clipped; voxels no station covers (NaN) become 0, the store's fill value."""
-    return _host(xp.clip(xp.rint(xp.nan_to_num(volume, nan=0.0)), 0, UINT16_MAX).astype(xp.uint16))
-
-
-def _host(array) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)
+    return to_numpy(xp.clip(xp.rint(xp.nan_to_num(volume, nan=0.0)), 0, UINT16_MAX).astype(xp.uint16))
 
 
 def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> Outcome:
     """Fuse one visit and write its ``dixon/fused/*`` row; return its outcome."""
     start = time.perf_counter()
-    stations = load_stations(root, visit.index, xp)
     numbers = sorted(layout_of(root).stations)
+    stations = load_stations(root, visit.index, numbers, xp)
     if not stations:
         clear_row(root, visit.index, config, len(numbers))
         message = f"participant {visit.key}: no Dixon station in the store to fuse"
@@ -154,13 +162,12 @@ def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> O
     row = visit.index
     # Every output is written on every run (fill values for what is absent now), so a visit fused again
     # after losing a series keeps nothing of its earlier fusion.
-    clear_row(
-        root, row, config, len(numbers), keep=set(fused.volumes) | ({"ff"} if fused.ff is not None else set())
-    )
     for contrast, volume in fused.volumes.items():
         root[f"{FUSED}/{contrast}"][row] = _to_uint16(volume, xp)
     if fused.ff is not None:
-        root[f"{FUSED}/ff"][row] = _host(fused.ff)
+        root[f"{FUSED}/ff"][row] = to_numpy(fused.ff)
+    written = set(fused.volumes) | ({"ff"} if fused.ff is not None else set())
+    clear_row(root, row, config, len(numbers), [c for c in (*DIXON_CONTRASTS, "ff") if c not in written])
     root[f"{FUSED}/affine"][row] = grid.affine
     root[f"{FUSED}/stations"][row] = [sum(k in s for s in stations.values()) for k in numbers]
     swapped = np.full(len(SEGMENTS), -1, dtype="int8")
@@ -187,11 +194,11 @@ def fuse_visit(root: zarr.Group, visit: Visit, config: FusionConfig, xp=np) -> O
 
 
 def clear_row(
-    root: zarr.Group, row: int, config: FusionConfig, stations: int, keep: set[str] = frozenset()
+    root: zarr.Group, row: int, config: FusionConfig, stations: int, names: Sequence[str] | None = None
 ) -> None:
-    """Reset a visit's fusion outputs to their fill values (those named in ``keep`` are left alone)."""
+    """Reset a visit's fusion outputs ``names`` (e.g. ``"fat"``; default all) to their fill values."""
     for path, (shape, dtype, _, fill) in config.arrays(stations).items():
-        if path.rsplit("/", 1)[1] not in keep:
+        if names is None or path.rsplit("/", 1)[1] in names:
             root[path][row] = np.full(shape, fill, dtype=dtype)
 
 
@@ -219,15 +226,6 @@ class FusionStage:
         return [fuse_visit(root, visit, self.config, xp) for visit in visits]
 
 
-def store_visits(store: str | Path) -> list[Visit]:
-    """Every visit of the store as an engine visit (no input files: stages after ingest read the store)."""
-    root = open_store(store, mode="r")
-    eids, instances = root["eid"][:], root["instance"][:]
-    return [
-        Visit(key, int(eids[i]), int(instances[i]), i) for key, i in sorted(participant_rows(root).items())
-    ]
-
-
 def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
     """Create the stage's arrays and return the visits ready for it (ingest done).
 
@@ -235,14 +233,16 @@ def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
     visits ingest has quarantined since they were fused lose their fused rows.
     """
     root = open_store(store)
-    stations = len(layout_of(root).stations)
+    numbers = sorted(layout_of(root).stations)
+    arrays = config.arrays(len(numbers))
     settings = _settings(config)
     previous = root[f"{FUSED}/affine"].attrs.get("fusion_config") if f"{FUSED}/affine" in root else None
-    ensure_arrays(root, config.arrays(stations))
-    for path in config.arrays(stations):
-        root[path].attrs["fusion_config"] = settings
-    root[f"{FUSED}/swapped"].attrs["segments"] = list(SEGMENTS)
-    root[f"{FUSED}/stations"].attrs["stations"] = sorted(layout_of(root).stations)
+    ensure_arrays(root, arrays)
+    if previous != settings:
+        for path in arrays:
+            root[path].attrs["fusion_config"] = settings
+        root[f"{FUSED}/swapped"].attrs["segments"] = list(SEGMENTS)
+        root[f"{FUSED}/stations"].attrs["stations"] = numbers
     visits = store_visits(store)
     ledger = Ledger(store)
     if previous is not None and previous != settings:
@@ -255,7 +255,7 @@ def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
     ready_keys = {v.key for v in ready}
     for visit in visits:
         if visit.key not in ready_keys and np.isfinite(affines[visit.index]).all():
-            clear_row(root, visit.index, config, stations)
+            clear_row(root, visit.index, config, len(numbers))
     return ready
 
 
