@@ -8,10 +8,14 @@ import pytest
 from cohortscale.ops.fatwater import (
     HAMILTON_LIVER_9PEAK,
     ISMRM_6PEAK,
+    NDB_9PEAK,
+    REN_MARROW_9PEAK,
     SPECTRA,
     fat_phasor,
     iron_from_r2star,
     multiecho_signal,
+    ndb_proton_counts,
+    ndb_spectrum,
     r2star_from_iron,
 )
 from cohortscale.synth.relaxation import dixon_fat_fraction, spoiled_gre_weight
@@ -62,3 +66,38 @@ def test_edge_rolloff() -> None:
     r = edge_rolloff(20, 0.2, 3.0)
     assert r[0] == pytest.approx(0.8) and r[-1] == pytest.approx(0.8)
     assert r[10] > 0.97 and np.all(np.diff(r[:10]) > 0)
+
+
+def test_ndb_spectrum_proton_counts() -> None:
+    # Whole-molecule proton counts: triolein C57H104O6, trilinolein C57H98O6, tripalmitin C51H98O6.
+    triolein = ndb_proton_counts(ndb=3.0, cl=18.0, nmidb=0.0)
+    assert sum(triolein) == pytest.approx(104.0)
+    assert triolein[1] == pytest.approx(60.0)  # 10 bulk CH₂ per oleate chain
+    trilinolein = ndb_proton_counts(ndb=6.0, cl=18.0, nmidb=3.0)
+    assert sum(trilinolein) == pytest.approx(98.0)
+    assert (trilinolein[1], trilinolein[3], trilinolein[5]) == pytest.approx((42.0, 12.0, 6.0))
+    assert sum(ndb_proton_counts(ndb=0.0, cl=16.0, nmidb=0.0)) == pytest.approx(98.0)
+
+
+def test_ndb_spectrum_against_published_spectra() -> None:
+    ukb = SPECTRA["ndb9"]
+    assert ukb is NDB_9PEAK
+    assert ukb.shifts_ppm == HAMILTON_LIVER_9PEAK.shifts_ppm
+    amps = np.array(ukb.amplitudes)
+    assert amps.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.all(amps > 0) and np.argmax(amps) == 1 and amps[1] > 0.5  # methylene dominant
+    # NDB 2.5 with the Bydder relations: CL 17.425, NMIDB 0.58125, 101.55 protons per molecule.
+    assert amps[1] == pytest.approx((6 * 13.425 - 20 + 2 * 0.58125) / 101.55, rel=1e-9)
+    # Typical liver fat (NDB ≈ 1.9) gives the Hamilton 2011 liver amplitudes; with CL and NMIDB free,
+    # (1.92, 17.45, 0.32) reproduces that table to its 0.001 rounding.
+    hamilton = np.array(HAMILTON_LIVER_9PEAK.amplitudes)
+    np.testing.assert_allclose(ndb_spectrum(1.9).amplitudes, hamilton, atol=0.003)
+    np.testing.assert_allclose(ndb_spectrum(1.92, cl=17.45, nmidb=0.32).amplitudes, hamilton, atol=0.001)
+    # Hamilton 2011 abstract: 8.6 % of liver fat signal overlies water (4.20–5.29 ppm), 0.6 % at 2.75 ppm.
+    liver = np.array(ndb_spectrum(1.9).amplitudes)
+    assert liver[6:].sum() == pytest.approx(0.086, abs=0.002)
+    assert liver[5] == pytest.approx(0.006, abs=0.001)
+    # The more unsaturated marrow fat of Ren 2008 sits at NDB ≈ 3.
+    np.testing.assert_allclose(ndb_spectrum(3.0).amplitudes, REN_MARROW_9PEAK.amplitudes, atol=0.003)
+    with pytest.raises(ValueError, match="negative"):
+        ndb_spectrum(3.0, cl=5.0)
