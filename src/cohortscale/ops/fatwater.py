@@ -223,7 +223,8 @@ def multiecho_signal(
 
 def iron_from_r2star(r2star: ArrayLike) -> np.ndarray:
     """Liver/marrow iron concentration (mg Fe / g dry weight) from R2* at 1.5 T (s⁻¹)."""
-    return IRON_INTERCEPT_MG_G + IRON_SLOPE_MG_G_S * np.asarray(r2star)
+    xp = array_module(r2star)
+    return IRON_INTERCEPT_MG_G + IRON_SLOPE_MG_G_S * xp.asarray(r2star)
 
 
 def r2star_from_iron(iron_mg_g: ArrayLike) -> np.ndarray:

@@ -1,0 +1,233 @@
+"""Field-map estimation robust to water–fat swaps: a VARPRO cost volume and its spatial regularisation.
+
+For a candidate off-resonance ψ (and R2*), the water and fat amplitudes are linear unknowns, so the best
+residual has a closed form (variable projection). Evaluating it on a grid of ψ gives every voxel a cost
+curve whose minima include the true field and its water–fat aliases. The field map is the smooth surface
+through the cost volume chosen by semi-global aggregation (Hirschmüller's SGM, here over field-map
+labels instead of stereo disparities): dynamic programming along eight image directions with a small
+penalty for field changes between neighbours and a large one for jumps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cohortscale.backend import array_module
+
+#: Voxels per block when building the cost volume (bounds the (voxel, label) temporaries).
+COST_BLOCK_VOXELS = 8192
+
+#: The eight in-plane path directions (row step, column step) of semi-global aggregation.
+SGM_DIRECTIONS: tuple[tuple[int, int], ...] = (
+    (0, 1),
+    (0, -1),
+    (1, 0),
+    (-1, 0),
+    (1, 1),
+    (-1, -1),
+    (1, -1),
+    (-1, 1),
+)
+
+
+@dataclass(frozen=True)
+class FieldGrid:
+    """Candidate off-resonance values.
+
+    Attributes
+    ----------
+    values_hz : ndarray, shape (K,)
+        Candidate field-map values, Hz, evenly spaced.
+    periodic : bool
+        Whether the cost is periodic over the grid (uniform echo spacing, grid spanning one period), so
+        neighbouring labels wrap around.
+    """
+
+    values_hz: np.ndarray
+    periodic: bool
+
+    @property
+    def step_hz(self) -> float:
+        """Spacing of the candidates, Hz."""
+        return float(self.values_hz[1] - self.values_hz[0])
+
+
+def field_grid(echo_times_s: np.ndarray, n_labels: int, search_range_hz: float) -> FieldGrid:
+    """Candidate ψ values for the cost volume.
+
+    With uniform echo spacing ΔTE the VARPRO residual is periodic in ψ with period 1/ΔTE (a shift by
+    one period multiplies every echo by the same phase), so one period holds every distinct solution.
+    Otherwise the grid spans ±``search_range_hz``.
+
+    Parameters
+    ----------
+    echo_times_s : ndarray, shape (n_echo,)
+    n_labels : int
+        Number of candidates.
+    search_range_hz : float
+        Half-width of the grid for non-uniform echo spacing, Hz.
+    """
+    te = np.asarray(echo_times_s, dtype=np.float64)
+    spacing = np.diff(te)
+    if spacing.size and np.allclose(spacing, spacing[0], rtol=1e-3):
+        period = 1.0 / spacing[0]
+        values = -period / 2 + period * np.arange(n_labels) / n_labels
+        return FieldGrid(values, periodic=True)
+    return FieldGrid(np.linspace(-search_range_hz, search_range_hz, n_labels), periodic=False)
+
+
+def varpro_cost(
+    signal,
+    echo_times_s,
+    fat_phasor_values,
+    field_hz,
+    r2star_s,
+):
+    """VARPRO residual ‖s − A(ψ, R2*) x̂‖² for every voxel and candidate, minimised over R2*.
+
+    Parameters
+    ----------
+    signal : ndarray, complex, shape (V, n_echo)
+    echo_times_s : ndarray, shape (n_echo,)
+    fat_phasor_values : ndarray, complex, shape (n_echo,)
+        Fat signal relative to water at each echo (:func:`cohortscale.ops.fatwater.fat_phasor`).
+    field_hz : ndarray, shape (K,)
+        Candidate ψ, Hz.
+    r2star_s : ndarray, shape (J,)
+        Candidate R2*, s⁻¹; the cost is the minimum over them.
+
+    Returns
+    -------
+    cost : ndarray, float32, shape (V, K)
+        Residual energy (signal units squared).
+    best_r2star : ndarray, int8, shape (V, K)
+        Index into ``r2star_s`` of the minimising R2*.
+    """
+    xp = array_module(signal)
+    te = xp.asarray(echo_times_s, dtype=xp.float64)
+    basis = xp.stack([xp.ones_like(fat_phasor_values), xp.asarray(fat_phasor_values)], axis=1)  # (n, 2)
+    rotate = xp.exp(-2j * xp.pi * xp.asarray(field_hz)[None, :] * te[:, None])  # (n, K)
+    n_vox, n_lab = signal.shape[0], len(field_hz)
+    energy = (xp.abs(signal) ** 2).sum(axis=1).astype(xp.float32)
+    cost = xp.full((n_vox, n_lab), xp.inf, dtype=xp.float32)
+    best = xp.zeros((n_vox, n_lab), dtype=xp.int8)
+    for j, r2 in enumerate(np.asarray(r2star_s, dtype=np.float64)):
+        decay = xp.exp(-r2 * te)
+        gram = basis.conj().T @ (basis * (decay**2)[:, None])
+        inv = xp.linalg.inv(gram)  # (2, 2) Hermitian
+        # z[v, k, m] = Σ_n s[v, n] conj(B[n, m]) e^{−R2* t_n} e^{−i2πψ_k t_n}
+        project = (basis.conj() * decay[:, None])[:, None, :] * rotate[:, :, None]  # (n, K, 2)
+        project = project.reshape(len(te), 2 * n_lab).astype(xp.complex64)
+        for start in range(0, n_vox, COST_BLOCK_VOXELS):
+            block = slice(start, start + COST_BLOCK_VOXELS)
+            z = (signal[block] @ project).reshape(-1, n_lab, 2)
+            z0, z1 = z[..., 0], z[..., 1]
+            explained = (
+                inv[0, 0].real * (z0.real**2 + z0.imag**2)
+                + inv[1, 1].real * (z1.real**2 + z1.imag**2)
+                + 2 * (xp.conj(z0) * inv[0, 1] * z1).real
+            )
+            residual = energy[block, None] - explained
+            better = residual < cost[block]
+            cost[block] = xp.where(better, residual, cost[block])
+            best[block] = xp.where(better, j, best[block])
+    return xp.maximum(cost, 0), best
+
+
+def _shift_lines(previous, step: int, xp):
+    """``previous`` moved by ``step`` (−1, 0, +1) along the line axis; uncovered entries are NaN."""
+    if step == 0:
+        return previous
+    moved = xp.full_like(previous, xp.nan)
+    if step > 0:
+        moved[:, step:] = previous[:, :-step]
+    else:
+        moved[:, :step] = previous[:, -step:]
+    return moved
+
+
+def _roll_labels(values, shift: int, periodic: bool, xp):
+    """``values`` moved by ``shift`` labels; without wrap-around the vacated labels are +inf."""
+    rolled = xp.roll(values, shift, axis=-1)
+    if not periodic:
+        if shift > 0:
+            rolled[..., :shift] = xp.inf
+        else:
+            rolled[..., shift:] = xp.inf
+    return rolled
+
+
+def _min_filter(values, half_width: int, periodic: bool, xp):
+    """Minimum over labels within ±``half_width``; windows compose, so doubling steps suffice."""
+    out, covered, step = values, 0, 1
+    while covered < half_width:
+        step = min(step, half_width - covered)
+        out = xp.minimum(
+            out, xp.minimum(_roll_labels(out, step, periodic, xp), _roll_labels(out, -step, periodic, xp))
+        )
+        covered += step
+        step *= 2
+    return out
+
+
+def _linear_distance_transform(values, penalty_per_label: float, periodic: bool, xp):
+    """``min_k' values[k'] + penalty·|k − k'|`` over the last axis (wrapping when periodic).
+
+    Shifts by 1, 2, 4, … labels compose every distance exactly, so log₂K vectorised steps suffice.
+    """
+    out = values
+    n_labels = values.shape[-1]
+    shift = 1
+    while shift < n_labels:
+        for sign in (1, -1):
+            out = xp.minimum(out, _roll_labels(out, sign * shift, periodic, xp) + penalty_per_label * shift)
+        shift *= 2
+    return out
+
+
+def aggregate(cost, free_labels: int, penalty_per_label: float, max_penalty: float, periodic: bool):
+    """Semi-global aggregation of a cost volume over the eight in-plane directions.
+
+    Parameters
+    ----------
+    cost : ndarray, float32, shape (Z, Y, X, K)
+        Data cost per voxel and label; slices are aggregated independently.
+    penalty_per_label : float
+        Penalty (cost units) per label of field change between neighbours.
+    max_penalty : float
+        Cap on the penalty, so that true discontinuities (across air gaps) stay affordable.
+    periodic : bool
+        Labels wrap around.
+
+    Returns
+    -------
+    ndarray, float32, shape (Z, Y, X, K)
+        Sum of the path costs over the directions.
+    """
+    xp = array_module(cost)
+    total = xp.zeros_like(cost)
+    for dy, dx in SGM_DIRECTIONS:
+        # Walk along the axis with a nonzero step; lines (the other axis) are processed together.
+        along_rows = dy != 0
+        volume = cost if along_rows else xp.swapaxes(cost, 1, 2)
+        step_along, step_across = (dy, dx) if along_rows else (dx, dy)
+        order = range(volume.shape[1]) if step_along > 0 else range(volume.shape[1] - 1, -1, -1)
+        path = xp.empty_like(volume)
+        previous = None
+        for i in order:
+            data = volume[:, i]  # (Z, lines, K)
+            if previous is None:
+                current = data
+            else:
+                shifted = _shift_lines(previous, step_across, xp)
+                floor = shifted.min(axis=-1, keepdims=True)
+                smooth = _min_filter(shifted, free_labels, periodic, xp)
+                smooth = _linear_distance_transform(smooth, penalty_per_label, periodic, xp)
+                best = xp.minimum(smooth, floor + max_penalty) - floor
+                current = data + xp.nan_to_num(best, nan=0.0)
+            path[:, i] = current
+            previous = current
+        total += path if along_rows else xp.swapaxes(path, 1, 2)
+    return total
