@@ -74,7 +74,7 @@ def load_challenge(path: str | Path) -> ChallengeCase:
     path = Path(path)
     try:
         contents = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as exc:
         raise ChallengeFileError(f"{path}: not a readable MATLAB file ({exc})") from exc
     params = contents.get("imDataParams")
     if params is None or not {"images", "TE", "FieldStrength"} <= set(params._fieldnames):

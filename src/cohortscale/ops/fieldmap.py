@@ -17,7 +17,7 @@ import numpy as np
 from cohortscale.backend import array_module
 
 #: Voxels per block when building the cost volume (bounds the (voxel, label) temporaries).
-COST_BLOCK_VOXELS = 8192
+COST_BLOCK_VOXELS = 2048
 
 #: The eight in-plane path directions (row step, column step) of semi-global aggregation.
 SGM_DIRECTIONS: tuple[tuple[int, int], ...] = (
@@ -109,30 +109,28 @@ def varpro_cost(
     te = xp.asarray(echo_times_s, dtype=xp.float64)
     basis = xp.stack([xp.ones_like(fat_phasor_values), xp.asarray(fat_phasor_values)], axis=1)  # (n, 2)
     rotate = xp.exp(-2j * xp.pi * xp.asarray(field_hz)[None, :] * te[:, None])  # (n, K)
-    n_vox, n_lab = signal.shape[0], len(field_hz)
-    energy = (xp.abs(signal) ** 2).sum(axis=1).astype(xp.float32)
-    cost = xp.full((n_vox, n_lab), xp.inf, dtype=xp.float32)
-    best = xp.zeros((n_vox, n_lab), dtype=xp.int8)
-    for j, r2 in enumerate(np.asarray(r2star_s, dtype=np.float64)):
+    projections = []
+    for r2 in np.asarray(r2star_s, dtype=np.float64):
         decay = xp.exp(-r2 * te)
         gram = basis.conj().T @ (basis * (decay**2)[:, None])
-        inv = xp.linalg.inv(gram)  # (2, 2) Hermitian
-        # z[v, k, m] = Σ_n s[v, n] conj(B[n, m]) e^{−R2* t_n} e^{−i2πψ_k t_n}
-        project = (basis.conj() * decay[:, None])[:, None, :] * rotate[:, :, None]  # (n, K, 2)
-        project = project.reshape(len(te), 2 * n_lab).astype(xp.complex64)
-        for start in range(0, n_vox, COST_BLOCK_VOXELS):
-            block = slice(start, start + COST_BLOCK_VOXELS)
-            z = (signal[block] @ project).reshape(-1, n_lab, 2)
-            z0, z1 = z[..., 0], z[..., 1]
-            explained = (
-                inv[0, 0].real * (z0.real**2 + z0.imag**2)
-                + inv[1, 1].real * (z1.real**2 + z1.imag**2)
-                + 2 * (xp.conj(z0) * inv[0, 1] * z1).real
-            )
-            residual = energy[block, None] - explained
-            better = residual < cost[block]
-            cost[block] = xp.where(better, residual, cost[block])
-            best[block] = xp.where(better, j, best[block])
+        # With (AᴴA)⁻¹ = C Cᴴ, the explained energy sᴴA(AᴴA)⁻¹Aᴴs is ‖Cᴴ Aᴴ s‖²: one matrix product
+        # per voxel block gives whitened coordinates for every (R2*, ψ) candidate at once.
+        whiten = xp.linalg.cholesky(xp.linalg.inv(gram)).conj()
+        adjoint = (basis.conj() * decay[:, None])[:, None, :] * rotate[:, :, None]  # (n, K, 2) = Aᴴ rows
+        projections.append(xp.moveaxis(adjoint @ whiten, -1, 0))  # (2, n, K)
+    # Columns ordered (whitened coordinate, R2*, ψ) so each coordinate is one contiguous slab.
+    project = xp.stack(projections, axis=2).transpose(1, 0, 2, 3).reshape(len(te), -1).astype(xp.complex64)
+    n_vox, n_r2, n_lab = signal.shape[0], len(r2star_s), len(field_hz)
+    energy = (xp.abs(signal) ** 2).sum(axis=1).astype(xp.float32)
+    cost = xp.empty((n_vox, n_lab), dtype=xp.float32)
+    best = xp.empty((n_vox, n_lab), dtype=xp.int8)
+    for start in range(0, n_vox, COST_BLOCK_VOXELS):
+        block = slice(start, start + COST_BLOCK_VOXELS)
+        coords = (signal[block] @ project).reshape(-1, 2, n_r2, n_lab)
+        first, second = coords[:, 0], coords[:, 1]
+        explained = first.real**2 + first.imag**2 + second.real**2 + second.imag**2
+        best[block] = explained.argmax(axis=1)
+        cost[block] = energy[block, None] - explained.max(axis=1)
     return xp.maximum(cost, 0), best
 
 
@@ -187,13 +185,18 @@ def _linear_distance_transform(values, penalty_per_label: float, periodic: bool,
     return out
 
 
-def aggregate(cost, free_labels: int, penalty_per_label: float, max_penalty: float, periodic: bool):
+def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_penalty: float, periodic: bool):
     """Semi-global aggregation of a cost volume over the eight in-plane directions.
 
     Parameters
     ----------
     cost : ndarray, float32, shape (Z, Y, X, K)
         Data cost per voxel and label; slices are aggregated independently.
+    weights : ndarray, shape (Z, Y, X)
+        Smoothness weight per voxel, 0–1; a neighbour pair is penalised by the smaller of its weights, so
+        that the field may change freely through low-signal voxels (air, lung) where it is undefined.
+    free_labels : int
+        Label changes up to this size between neighbours cost nothing.
     penalty_per_label : float
         Penalty (cost units) per label of field change between neighbours.
     max_penalty : float
@@ -212,22 +215,24 @@ def aggregate(cost, free_labels: int, penalty_per_label: float, max_penalty: flo
         # Walk along the axis with a nonzero step; lines (the other axis) are processed together.
         along_rows = dy != 0
         volume = cost if along_rows else xp.swapaxes(cost, 1, 2)
+        weight = (weights if along_rows else xp.swapaxes(weights, 1, 2))[..., None]
         step_along, step_across = (dy, dx) if along_rows else (dx, dy)
         order = range(volume.shape[1]) if step_along > 0 else range(volume.shape[1] - 1, -1, -1)
         path = xp.empty_like(volume)
-        previous = None
+        previous = previous_weight = None
         for i in order:
             data = volume[:, i]  # (Z, lines, K)
             if previous is None:
                 current = data
             else:
                 shifted = _shift_lines(previous, step_across, xp)
+                pair = xp.minimum(weight[:, i], _shift_lines(previous_weight, step_across, xp))
                 floor = shifted.min(axis=-1, keepdims=True)
                 smooth = _min_filter(shifted, free_labels, periodic, xp)
-                smooth = _linear_distance_transform(smooth, penalty_per_label, periodic, xp)
-                best = xp.minimum(smooth, floor + max_penalty) - floor
+                smooth = _linear_distance_transform(smooth, penalty_per_label * pair, periodic, xp)
+                best = xp.minimum(smooth, floor + max_penalty * pair) - floor
                 current = data + xp.nan_to_num(best, nan=0.0)
             path[:, i] = current
-            previous = current
+            previous, previous_weight = current, weight[:, i]
         total += path if along_rows else xp.swapaxes(path, 1, 2)
     return total

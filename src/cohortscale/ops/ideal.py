@@ -20,10 +20,31 @@ import enum
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.special
 
 from cohortscale.backend import array_module
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
 from cohortscale.ops.fieldmap import aggregate, field_grid, varpro_cost
+
+#: R2* candidates of the cost volume, s⁻¹: about 30 % apart, so that no true R2* up to 1000 s⁻¹ is far
+#: enough from a candidate for a water–fat alias to fit better (a coarser grid swaps water at R2* 300).
+R2STAR_GRID_S = (
+    0.0,
+    20.0,
+    40.0,
+    60.0,
+    80.0,
+    105.0,
+    135.0,
+    175.0,
+    230.0,
+    300.0,
+    390.0,
+    500.0,
+    650.0,
+    850.0,
+    1100.0,
+)
 
 
 class Quality(enum.IntFlag):
@@ -59,8 +80,6 @@ class FitOptions:
         Cap on the neighbour penalty (noise-variance units), so that fields may differ across air gaps.
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
-    max_field_update_hz : float
-        Largest ψ change from the aggregated label during refinement, Hz (keeps each voxel on its alias).
     r2star_max_s : float
         Upper bound of R2*, s⁻¹ (iron-overloaded liver reaches ~1000 s⁻¹).
     low_signal_fraction : float
@@ -69,14 +88,15 @@ class FitOptions:
         Relative residual ‖s − model‖/‖s‖ above which a voxel is flagged ``HIGH_RESIDUAL``.
     """
 
-    field_labels: int = 96
+    field_labels: int = 64
     field_search_hz: float = 500.0
-    r2star_grid_s: tuple[float, ...] = (0.0, 25.0, 50.0, 100.0, 200.0, 400.0, 700.0, 1000.0)
+    r2star_grid_s: tuple[float, ...] = R2STAR_GRID_S
     free_field_step_hz: float = 15.0
     field_penalty_per_hz: float = 0.3
     max_field_penalty: float = 100.0
-    iterations: int = 6
-    max_field_update_hz: float = 10.0
+    bright_percentile: float = 90.0
+    weight_power: float = 1.0
+    iterations: int = 3
     r2star_max_s: float = 1500.0
     low_signal_fraction: float = 0.05
     max_relative_residual: float = 0.2
@@ -119,19 +139,20 @@ class FatWaterMaps:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def fat_fraction(water, fat):
+def fat_fraction(water, fat, clip: bool = True):
     """PDFF with magnitude discrimination (0–1).
 
     ``1 − |W|/|W+F|`` where water dominates and ``|F|/|W+F|`` where fat does: the dominant species'
     magnitude carries the noise bias, which the coherent sum ``|W+F|`` does not add to (Liu et al. 2007).
-    NaN where both are zero.
+    NaN where both are zero. ``clip=False`` keeps the values noise carries outside [0, 1]: clipping
+    biases means at fat fractions near 0 and 1 (medians are unaffected).
     """
     xp = array_module(water, fat)
     water_mag, fat_mag = xp.abs(water), xp.abs(fat)
     total = xp.abs(water + fat)
     with np.errstate(divide="ignore", invalid="ignore"):
         fraction = xp.where(fat_mag > water_mag, fat_mag / total, 1 - water_mag / total)
-    return xp.clip(fraction, 0.0, 1.0)
+    return xp.clip(fraction, 0.0, 1.0) if clip else fraction
 
 
 def _solve_amplitudes(signal, basis, model_phase):
@@ -171,7 +192,7 @@ def _project_out(vectors, design):
     return vectors - design[:, :, 0] * c0[:, None] - design[:, :, 1] * c1[:, None]
 
 
-def refine(signal, echo_times_s, basis, field_hz, r2star_s, options: FitOptions):
+def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz: float, options: FitOptions):
     """Variable-projection Gauss–Newton on (ψ, R2*) for every voxel at once.
 
     Parameters
@@ -180,11 +201,14 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, options: FitOptions)
     echo_times_s : (n,)
     basis : (n, 2) complex
     field_hz, r2star_s : (V,) starting values
+    max_field_update_hz : float
+        Largest ψ change from the start, Hz: one label step keeps each voxel on the alias that the spatial
+        aggregation chose.
     options : FitOptions
 
     Returns
     -------
-    field_hz, r2star_s : (V,) refined, ψ within ``max_field_update_hz`` of its start, R2* within bounds
+    field_hz, r2star_s : (V,) refined, R2* within bounds
     amplitudes : (V, 2) complex water and fat
     residual : (V,) ‖s − model‖
     """
@@ -209,7 +233,7 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, options: FitOptions)
         det = xp.where(det > 0, det, xp.inf)
         field_hz = field_hz - (j22 * g1 - j12 * g2) / det
         r2star_s = r2star_s - (j11 * g2 - j12 * g1) / det
-        field_hz = xp.clip(field_hz, start - options.max_field_update_hz, start + options.max_field_update_hz)
+        field_hz = xp.clip(field_hz, start - max_field_update_hz, start + max_field_update_hz)
         r2star_s = xp.clip(r2star_s, 0.0, options.r2star_max_s)
     phase = xp.exp(field_hz[:, None] * two_pi_i_t - r2star_s[:, None] * te)
     amplitudes, design = _solve_amplitudes(signal, basis, phase)
@@ -224,12 +248,11 @@ def _noise_variance(min_cost, energy, n_echo: int, xp) -> float:
     fat, ψ and R2* fitted); its median over bright tissue gives σ² robustly. With too few echoes for
     that, the fallback scales the median residual by one degree of freedom.
     """
-    from scipy.stats import chi2
-
     bright = energy > 0.1 * xp.percentile(energy, 99)
     dof = max(2 * n_echo - 6, 1)
     median = float(xp.median(min_cost[bright]))
-    return max(median / chi2.median(dof), float(xp.finfo(xp.float32).tiny))
+    chi2_median = 2 * float(scipy.special.gammaincinv(dof / 2, 0.5))
+    return max(median / chi2_median, float(xp.finfo(xp.float32).tiny))
 
 
 def fit_fatwater(
@@ -288,8 +311,13 @@ def fit_fatwater(
     sigma2 = _noise_variance(cost.min(axis=1), energy, te.size, xp)
     data = cost / sigma2
     data -= data.min(axis=1, keepdims=True)
+    volume = data.reshape((*planes.shape[:-1], grid.values_hz.size))
+    norm = xp.sqrt(energy)
+    bright = float(xp.percentile(norm, options.bright_percentile))
+    weights = xp.clip(norm / bright, 0, 1).reshape(planes.shape[:-1]) ** options.weight_power
     total = aggregate(
-        data.reshape((*planes.shape[:-1], grid.values_hz.size)),
+        volume,
+        weights,
         free_labels=round(options.free_field_step_hz / grid.step_hz),
         penalty_per_label=options.field_penalty_per_hz * grid.step_hz,
         max_penalty=options.max_field_penalty,
@@ -300,9 +328,10 @@ def fit_fatwater(
     r2_0 = xp.asarray(r2_grid)[best_r2[xp.arange(labels.size), labels]]
 
     basis = xp.stack([xp.ones_like(phasor), phasor], axis=1)
-    field, r2star, amplitudes, residual = refine(flat.astype(xp.complex128), te, basis, field0, r2_0, options)
+    field, r2star, amplitudes, residual = refine(
+        flat.astype(xp.complex128), te, basis, field0, r2_0, grid.step_hz, options
+    )
 
-    norm = xp.sqrt(energy)
     relative = residual / xp.where(norm > 0, norm, 1)
     quality = (
         Quality.LOW_SIGNAL * (norm < options.low_signal_fraction * xp.percentile(norm, 99))

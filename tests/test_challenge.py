@@ -1,0 +1,51 @@
+"""The fit on the real ISMRM 2012 challenge cases (``shared/data/ismrm2012``), scored like the challenge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cohortscale.io.challenge import ChallengeFileError, challenge_score, load_challenge
+from cohortscale.ops.ideal import fit_fatwater
+
+CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ismrm2012"
+
+#: Scores the current fitter must keep (the issue's goals, 9,900 and 9,750, are not reached yet).
+FLOORS = {"17_ISMRM": 9_840, "12_ISMRM": 9_480}
+
+
+def case_path(name: str) -> Path:
+    path = CASES / f"{name}.mat"
+    if not path.exists():
+        pytest.skip(f"challenge data not present at {path}")
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_challenge_score(name):
+    case = load_challenge(case_path(name))
+    # The fitter takes (..., y, x, echo): slices first.
+    maps = fit_fatwater(
+        np.moveaxis(case.signal, 2, 0),
+        case.echo_times_s,
+        case.imaging_frequency_hz,
+        phase_sign=case.phase_sign,
+    )
+    score = challenge_score(np.moveaxis(maps.pdff, 0, 2), case)
+    print(f"\n{name}: score {score:.0f}")
+    assert score >= FLOORS[name]
+
+
+def test_reader_and_score_conventions(tmp_path):
+    case = load_challenge(case_path("17_ISMRM"))
+    assert case.signal.shape == (101, 101, 4, 3)
+    assert case.phase_sign == 1
+    assert case.imaging_frequency_hz == pytest.approx(1.494 * 42.577478e6)
+    assert challenge_score(case.ref, case) == 10_000
+    assert challenge_score(np.clip(case.ref + 0.2, 0, None), case) < 1_000
+    bad = tmp_path / "bad.mat"
+    bad.write_bytes(b"not matlab")
+    with pytest.raises(ChallengeFileError, match=r"bad\.mat"):
+        load_challenge(bad)
