@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from cohortscale.cli import main
 from cohortscale.io.ledger import Ledger
+from conftest import ingested
 
 
 def test_synth_command(tmp_path: Path) -> None:
@@ -42,6 +43,9 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert '<img src="coronal.png"' in page and "Phenotypes against the published cohorts" in page
     assert "Ingest: bulk zips" in page and "ingest:" in result.output
+    assert "Fitting: multi-echo slices" in page and "fitting:" in result.output
+    fitted = Ledger(out / "cohort.zarr").read("fitting")
+    assert len(fitted) == 2 and set(fitted["status"]) <= {"done", "quarantined"}
     recorded = Ledger(out / "cohort.zarr").read("ingest")
     assert len(recorded) == 2 and set(recorded["status"]) <= {"done", "quarantined"}
     assert (out / "cohort.zarr" / "manifest.parquet").exists()
@@ -65,3 +69,17 @@ def test_ingest_and_status_commands(make_cohort, tmp_path: Path) -> None:
     assert strict.exit_code == 1  # nothing new to do, but the cohort still holds a quarantined visit
     status = CliRunner().invoke(main, ["status", str(store)])
     assert status.exit_code == 0 and "corrupt_zip" in status.output and "quarantined" in status.output
+
+
+def test_fit_command(make_cohort, tmp_path: Path) -> None:
+    cohort = make_cohort("no_multiecho", participants=1, seed=5, **{"anomalies.missing_multiecho": 1.0})
+    store = ingested(cohort, tmp_path / "store.zarr")
+    args = ["fit", str(store), "--workers", "1", "--set", "fitting.options.iterations=4"]
+    lenient = CliRunner().invoke(main, args)
+    assert lenient.exit_code == 0, lenient.output
+    assert "fitting: 0 done, 1 quarantined" in lenient.output and "no_multiecho 1" in lenient.output
+    assert CliRunner().invoke(main, [*args, "--strict"]).exit_code == 1
+    status = CliRunner().invoke(main, ["status", str(store)])
+    assert "fitting" in status.output and "no_multiecho" in status.output
+    bad = CliRunner().invoke(main, ["fit", str(store), "--set", "fitting.spectrum=olive_oil"])
+    assert bad.exit_code == 2 and "olive_oil" in bad.output and "Traceback" not in bad.output

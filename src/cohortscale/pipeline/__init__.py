@@ -2,14 +2,20 @@
 
 from cohortscale.pipeline.cluster import ClusterConfig, connect
 from cohortscale.pipeline.engine import EngineConfig, Outcome, Stage, StageReport, Visit, run_stage
+from cohortscale.pipeline.fitting import FittingConfig, run_fitting
+from cohortscale.pipeline.fusion import FusionConfig, run_fusion
 
 __all__ = [
     "ClusterConfig",
     "EngineConfig",
+    "FittingConfig",
+    "FusionConfig",
     "Outcome",
     "Stage",
     "StageReport",
     "Visit",
     "connect",
+    "run_fitting",
+    "run_fusion",
     "run_stage",
 ]

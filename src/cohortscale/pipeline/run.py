@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
+from cohortscale.pipeline.fitting import FittingConfig
 from cohortscale.pipeline.fusion import FusionConfig
 from cohortscale.pipeline.ingest import IngestConfig
 
@@ -24,9 +25,12 @@ class RunConfig:
         Series patterns, archive limits, phase scaling of the ingest stage.
     fusion : FusionConfig
         Fused grid, blending, ghost trimming, fat–water swap handling and device of the fusion stage.
+    fitting : FittingConfig
+        Fat spectrum, phase sign, combination of dynamics, fit options and device of the fitting stage.
     """
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    fitting: FittingConfig = field(default_factory=FittingConfig)
