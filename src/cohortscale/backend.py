@@ -31,3 +31,12 @@ def gpu_available() -> bool:
 def to_numpy(array: Any) -> np.ndarray:
     """A NumPy copy of a CuPy array (from the device), or the NumPy array itself."""
     return array.get() if type(array).__module__.startswith("cupy") else np.asarray(array)
+
+
+def device_module(device: str) -> ModuleType:
+    """Array module for a stage's ``device`` setting: CuPy for "gpu", or for "auto" where a GPU is seen."""
+    if device == "gpu" or (device == "auto" and gpu_available()):
+        import cupy
+
+        return cupy
+    return np

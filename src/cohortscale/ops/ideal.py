@@ -57,6 +57,31 @@ class Quality(enum.IntFlag):
     """R2* ended on its upper bound (signal decays faster than the model can follow)."""
     HIGH_RESIDUAL = 4
     """Relative residual above ``max_relative_residual``: the model does not explain the data."""
+    FAT_WATER_AMBIGUOUS = 8
+    """Magnitude fits only: the water- and fat-dominant solutions differ but fit almost equally well."""
+
+
+def quality_flags(
+    norm, r2star, relative, *, low_signal_fraction: float, r2star_max_s: float, max_relative_residual: float
+):
+    """The :class:`Quality` flags every fit sets, as uint8.
+
+    Parameters
+    ----------
+    norm : ndarray
+        Signal norm over echoes per voxel.
+    r2star : ndarray
+        Fitted R2*, s⁻¹.
+    relative : ndarray
+        Relative residual ‖s − model‖ / ‖s‖.
+    """
+    xp = array_module(norm)
+    flags = (
+        Quality.LOW_SIGNAL * (norm < low_signal_fraction * xp.percentile(norm, 99))
+        + Quality.R2STAR_AT_BOUND * (r2star >= r2star_max_s)
+        + Quality.HIGH_RESIDUAL * (relative > max_relative_residual)
+    )
+    return flags.astype(xp.uint8)
 
 
 @dataclass(frozen=True)
@@ -318,10 +343,13 @@ def fit_fatwater(
     )
 
     relative = residual / xp.where(norm > 0, norm, 1)
-    quality = (
-        Quality.LOW_SIGNAL * (norm < options.low_signal_fraction * xp.percentile(norm, 99))
-        + Quality.R2STAR_AT_BOUND * (r2star >= options.r2star_max_s)
-        + Quality.HIGH_RESIDUAL * (relative > options.max_relative_residual)
+    quality = quality_flags(
+        norm,
+        r2star,
+        relative,
+        low_signal_fraction=options.low_signal_fraction,
+        r2star_max_s=options.r2star_max_s,
+        max_relative_residual=options.max_relative_residual,
     )
     water, fat = amplitudes[:, 0], amplitudes[:, 1]
     maps = {

@@ -31,7 +31,6 @@ Runs on NumPy or CuPy arrays (the backend of ``magnitude``).
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,7 +39,7 @@ import numpy as np
 
 from cohortscale.backend import array_module, to_numpy
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
-from cohortscale.ops.ideal import FatWaterMaps, Quality
+from cohortscale.ops.ideal import FatWaterMaps, Quality, quality_flags
 
 #: ``√(π/2)``: the Rayleigh mean is ``σ √(π/2)``.
 SQRT_HALF_PI = math.sqrt(math.pi / 2)
@@ -60,19 +59,6 @@ DIAGONAL_FLOOR = 1e-12
 #: Relative residual ‖M − E[M]‖/‖M‖ of an exact fit: float64 round-off of the model is ~1e-15, so a voxel
 #: below this has converged whatever its last step did.
 RESIDUAL_FLOOR = 1e-12
-
-
-class MagnitudeQuality(enum.IntFlag):
-    """Quality flags of :func:`fit_magnitude`: those of :class:`~cohortscale.ops.ideal.Quality` (same bits)
-    and one for the water–fat ambiguity of magnitude data, on the top bit of the ``uint8`` map so that it
-    stays clear of flags ``Quality`` may add."""
-
-    OK = 0
-    LOW_SIGNAL = int(Quality.LOW_SIGNAL)
-    R2STAR_AT_BOUND = int(Quality.R2STAR_AT_BOUND)
-    HIGH_RESIDUAL = int(Quality.HIGH_RESIDUAL)
-    FAT_WATER_AMBIGUOUS = 128
-    """The water-dominant and fat-dominant solutions differ in PDFF but fit almost equally well."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +152,7 @@ class MagnitudeMaps(FatWaterMaps):
 
     ``water`` and ``fat`` are real amplitudes ``ρ_w``, ``ρ_f`` stored as complex64 with zero phase,
     ``pdff = ρ_f/(ρ_w + ρ_f)``, ``b0`` is NaN (magnitude data carry no field information), ``residual``
-    is ‖M − E[M]‖/‖M‖ and ``quality`` holds :class:`MagnitudeQuality` flags.
+    is ‖M − E[M]‖/‖M‖ and ``quality`` holds :class:`~cohortscale.ops.ideal.Quality` flags.
 
     Attributes
     ----------
@@ -728,16 +714,18 @@ def fit_magnitude(
         margin = xp.abs(cost[1] - cost[0]) / scale**2
     norm = xp.sqrt((flat**2).sum(axis=1))
     relative = xp.sqrt(best_cost) / xp.where(norm > 0, norm, 1)
-    flags = {
-        MagnitudeQuality.LOW_SIGNAL: norm < options.low_signal_fraction * xp.percentile(norm, 99),
-        MagnitudeQuality.R2STAR_AT_BOUND: r2star >= options.r2star_max_s,
-        MagnitudeQuality.HIGH_RESIDUAL: relative > options.max_relative_residual,
-        MagnitudeQuality.FAT_WATER_AMBIGUOUS: (margin < options.ambiguity_delta_chi2)
-        & (xp.abs(alternative - fraction) > options.ambiguity_min_pdff),
-    }
-    quality = xp.zeros(flat.shape[0], dtype=xp.uint8)
-    for flag, where in flags.items():
-        quality |= where.astype(xp.uint8) * xp.uint8(int(flag))
+    quality = quality_flags(
+        norm,
+        r2star,
+        relative,
+        low_signal_fraction=options.low_signal_fraction,
+        r2star_max_s=options.r2star_max_s,
+        max_relative_residual=options.max_relative_residual,
+    )
+    ambiguous = (margin < options.ambiguity_delta_chi2) & (
+        xp.abs(alternative - fraction) > options.ambiguity_min_pdff
+    )
+    quality |= ambiguous.astype(xp.uint8) * xp.uint8(Quality.FAT_WATER_AMBIGUOUS)
     maps = {
         "water": (rho * (1 - fraction)).astype(xp.complex64),
         "fat": (rho * fraction).astype(xp.complex64),

@@ -27,6 +27,7 @@ import distributed
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cohortscale.config import config_to_dict
 from cohortscale.io.ledger import STATUSES, Ledger, Outcome
 from cohortscale.io.store import open_store, participant_rows
 from cohortscale.pipeline.cluster import GPU_RESOURCE, announce_dashboard
@@ -320,6 +321,24 @@ def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str 
             updates.append(Outcome(visit.key, "quarantined", f"{upstream}_quarantined", message))
     ledger.record(stage, updates)
     return [v for v in visits if v.key in before.index and before.at[v.key, "status"] == "done"]
+
+
+def requeue_done(store: str | Path, stage: str, reason: str, message: str) -> None:
+    """Record every visit done in ``stage`` as failed with ``reason``, so that the next run does it again.
+
+    ``message`` is formatted with the participant key (e.g. "participant {}: settings changed").
+    """
+    ledger = Ledger(store)
+    records = ledger.read(stage)
+    again = records.loc[records["status"] == "done", "participant"]
+    ledger.record(stage, [Outcome(k, "failed", reason, message.format(k)) for k in again])
+
+
+def placement_settings(config) -> dict:
+    """A stage config as a dict without ``device``: the settings that shape results, not where they run."""
+    settings = config_to_dict(config)
+    settings.pop("device")
+    return settings
 
 
 def batch_size_for(batch_seconds: float, cost_per_visit_s: float | None, remaining: int, threads: int) -> int:

@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from cohortscale.backend import gpu_available, to_numpy
-from cohortscale.config import config_to_dict
-from cohortscale.io.ledger import Ledger
+from cohortscale.backend import device_module, to_numpy
 from cohortscale.io.store import ArraySpec, StoreLayout, ensure_arrays, layout_of, open_store
 from cohortscale.ops.fatwater import SPECTRA
 from cohortscale.ops.ideal import FitOptions, fit_fatwater
@@ -30,7 +28,9 @@ from cohortscale.pipeline.engine import (
     Outcome,
     StageReport,
     Visit,
+    placement_settings,
     ready_visits,
+    requeue_done,
     run_stage,
     store_visits,
 )
@@ -301,15 +301,6 @@ def clear_row(
             root[path][row] = np.full(shape, fill, dtype=dtype)
 
 
-def _array_module(device: str):
-    """CuPy when the device is "gpu", or "auto" on a worker that has one; NumPy otherwise."""
-    if device == "gpu" or (device == "auto" and gpu_available()):
-        import cupy
-
-        return cupy
-    return np
-
-
 @dataclass(frozen=True)
 class FittingStage:
     """The fitting stage for :func:`cohortscale.pipeline.engine.run_stage`."""
@@ -322,15 +313,8 @@ class FittingStage:
     def process(self, visits: list[Visit]) -> list[Outcome]:
         root = open_store(self.store)
         layout = layout_of(root)
-        xp = _array_module(self.config.device)
+        xp = device_module(self.config.device)
         return [fit_visit(root, visit, self.config, layout, xp) for visit in visits]
-
-
-def _settings(config: FittingConfig) -> dict:
-    """The settings that shape the maps (not where they are computed), the fit options in full."""
-    settings = config_to_dict(config)
-    settings.pop("device")
-    return settings
 
 
 def _attrs(path: str, config: FittingConfig, settings: dict) -> dict:
@@ -359,7 +343,7 @@ def prepare_fitting(store: str | Path, config: FittingConfig) -> list[Visit]:
     root = open_store(store)
     layout = layout_of(root)
     arrays = config.arrays(layout)
-    settings = _settings(config)
+    settings = placement_settings(config)
     recorded = [root[p].attrs.get(SETTINGS_ATTR) for p in arrays if p in root]
     previous = next((s for s in recorded if s is not None), None)
     ensure_arrays(root, arrays)
@@ -367,12 +351,10 @@ def prepare_fitting(store: str | Path, config: FittingConfig) -> list[Visit]:
         if root[path].attrs.get(SETTINGS_ATTR) != settings:
             root[path].attrs.update(_attrs(path, config, settings))
     visits = store_visits(store)
-    ledger = Ledger(store)
     if previous is not None and previous != settings:
-        fitted = ledger.read("fitting")
-        again = fitted.loc[fitted["status"] == "done", "participant"]
-        message = "participant {}: fitting settings changed; fitting again"
-        ledger.record("fitting", [Outcome(k, "failed", "config_changed", message.format(k)) for k in again])
+        requeue_done(
+            store, "fitting", "config_changed", "participant {}: fitting settings changed; fitting again"
+        )
     ready = ready_visits("fitting", "ingest", visits, store)
     ready_keys = {v.key for v in ready}
     affines = {f: root[f"{MAPS}/{f}/affine"][:] for f in layout.multiecho}

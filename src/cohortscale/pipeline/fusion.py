@@ -17,10 +17,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from cohortscale.backend import gpu_available, to_numpy
-from cohortscale.config import config_to_dict
+from cohortscale.backend import device_module, to_numpy
 from cohortscale.geometry import Grid
-from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import ArraySpec, ensure_arrays, layout_of, open_store, participant_rows
 from cohortscale.ops.fusion import (
     BLENDS,
@@ -37,7 +35,9 @@ from cohortscale.pipeline.engine import (
     Outcome,
     StageReport,
     Visit,
+    placement_settings,
     ready_visits,
+    requeue_done,
     run_stage,
     store_visits,
 )
@@ -202,15 +202,6 @@ def clear_row(
             root[path][row] = np.full(shape, fill, dtype=dtype)
 
 
-def _array_module(device: str):
-    """CuPy when the device is "gpu", or "auto" on a worker that has one; NumPy otherwise."""
-    if device == "gpu" or (device == "auto" and gpu_available()):
-        import cupy
-
-        return cupy
-    return np
-
-
 @dataclass(frozen=True)
 class FusionStage:
     """The fusion stage for :func:`cohortscale.pipeline.engine.run_stage`."""
@@ -222,7 +213,7 @@ class FusionStage:
 
     def process(self, visits: list[Visit]) -> list[Outcome]:
         root = open_store(self.store)
-        xp = _array_module(self.config.device)
+        xp = device_module(self.config.device)
         return [fuse_visit(root, visit, self.config, xp) for visit in visits]
 
 
@@ -235,7 +226,7 @@ def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
     root = open_store(store)
     numbers = sorted(layout_of(root).stations)
     arrays = config.arrays(len(numbers))
-    settings = _settings(config)
+    settings = placement_settings(config)
     previous = root[f"{FUSED}/affine"].attrs.get("fusion_config") if f"{FUSED}/affine" in root else None
     ensure_arrays(root, arrays)
     if previous != settings:
@@ -244,12 +235,10 @@ def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
         root[f"{FUSED}/swapped"].attrs["segments"] = list(SEGMENTS)
         root[f"{FUSED}/stations"].attrs["stations"] = numbers
     visits = store_visits(store)
-    ledger = Ledger(store)
     if previous is not None and previous != settings:
-        fused = ledger.read("fusion")
-        again = fused.loc[fused["status"] == "done", "participant"]
-        message = "participant {}: fusion settings changed; fusing again"
-        ledger.record("fusion", [Outcome(k, "failed", "config_changed", message.format(k)) for k in again])
+        requeue_done(
+            store, "fusion", "config_changed", "participant {}: fusion settings changed; fusing again"
+        )
     ready = ready_visits("fusion", "ingest", visits, store)
     affines = root[f"{FUSED}/affine"][:]
     ready_keys = {v.key for v in ready}
@@ -257,13 +246,6 @@ def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
         if visit.key not in ready_keys and np.isfinite(affines[visit.index]).all():
             clear_row(root, visit.index, config, len(numbers))
     return ready
-
-
-def _settings(config: FusionConfig) -> dict:
-    """The settings that shape the fused volumes (not where they are computed)."""
-    settings = config_to_dict(config)
-    settings.pop("device")
-    return settings
 
 
 def run_fusion(
