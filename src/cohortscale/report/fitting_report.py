@@ -13,6 +13,7 @@ import pandas as pd
 
 from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import layout_of, open_store, participant_rows
+from cohortscale.ops.ideal import Quality
 from cohortscale.pipeline.engine import StageReport
 from cohortscale.pipeline.fitting import MAPS
 
@@ -62,7 +63,7 @@ def fitting_figure(store: str | Path, path: Path, visits: list[tuple[str, int]])
     rows = participant_rows(root)
     fig, axes = plt.subplots(2, len(visits), figsize=(3.2 * len(visits), 6), squeeze=False)
     for k, (key, f) in enumerate(visits):
-        background = (np.asarray(root[f"{MAPS}/{f}/quality"][rows[key]]) & 1) > 0
+        background = (np.asarray(root[f"{MAPS}/{f}/quality"][rows[key]]) & Quality.LOW_SIGNAL) > 0
         for i, (name, scale, cmap, vmax) in enumerate(
             (("pdff", 100, "magma", 60.0), ("r2star", 1, "viridis", R2STAR_DISPLAY_MAX))
         ):
