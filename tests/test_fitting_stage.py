@@ -239,6 +239,11 @@ def conjugate(make_cohort) -> Path:
     )
 
 
+def roi_pdff_error(accuracy: Accuracy) -> float:
+    """Largest |median PDFF − truth| over a visit's ROIs."""
+    return max(abs(roi.pdff[0] - roi.pdff[1]) for roi in accuracy.rois.values())
+
+
 def test_phase_sign_at_snr_20(conjugate: Path, tmp_path: Path) -> None:
     store = ingested(conjugate, tmp_path / "store.zarr")
     # One dynamic: SNR 20 as acquired, the issue's lowest.
@@ -246,13 +251,15 @@ def test_phase_sign_at_snr_20(conjugate: Path, tmp_path: Path) -> None:
     assert report.done == 2
     right = cohort_accuracy(conjugate, store)
     check_accuracy(right, "SNR 20, first dynamic, data and fit with phase sign −1")
-    # The default sign on these data puts fat on the wrong side of water: several points of PDFF error.
+    # The default sign on these data puts fat on the wrong side of water: the field map absorbs part of the
+    # mirrored fat shift (an offset of ~100 Hz) and ROI PDFF is several points off.
     wrong = run_fitting(store, FittingConfig(dynamics="first"), ENGINE, CLUSTER)
     assert wrong.done == 2
     mismatched = cohort_accuracy(conjugate, store)
     for good, bad in zip(right, mismatched, strict=True):
         print(f"  phase sign +1 on −1 data: {bad.line()}")
-        assert bad.pdff_spread > 2 * good.pdff_spread and bad.pdff_spread > 0.02, bad.line()
+        assert abs(bad.b0_bias) > 50 > 5 > abs(good.b0_bias), bad.line()
+        assert roi_pdff_error(bad) > max(0.02, 2 * roi_pdff_error(good)), bad.line()
 
 
 def test_missing_inconsistent_and_quarantined_slices(clean_store: Path, tmp_path: Path) -> None:

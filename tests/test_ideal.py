@@ -16,7 +16,6 @@ PROTOCOLS = {
     "10-echo": np.asarray(UKB_MULTIECHO_20203.echo_times_s),
 }
 B0_PEAK_HZ = 200.0
-CELL = 24  # voxels per side of one Monte Carlo image
 
 
 def smooth_field(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +26,7 @@ def smooth_field(n: int) -> tuple[np.ndarray, np.ndarray]:
     return b0, phase
 
 
-def uniform_image(te, pdff, r2star, snr, rng, spectrum=ISMRM_6PEAK, n=CELL):
+def uniform_image(te, pdff, r2star, snr, rng, spectrum=ISMRM_6PEAK, n=24):
     """Noisy multi-echo image of one tissue (ρ_w + ρ_f = 1, noise SD 1/SNR per channel)."""
     b0, phase = smooth_field(n)
     rotation = np.exp(1j * phase)
@@ -87,8 +86,7 @@ def test_magnitude_discrimination():
     assert fat_fraction(np.array([1.0 + 0j]), noisy_fat, clip=False)[0] < 0
 
 
-#: Cells of the Monte Carlo check: (protocol, SNR, R2* s⁻¹). At R2* 300 s⁻¹ the fit still swaps part of
-#: the image (most at SNR 20 and on the 10-echo protocol), so those rows are printed but not yet asserted.
+#: Cells of the Monte Carlo check: (protocol, SNR, R2* s⁻¹).
 MONTE_CARLO_CELLS = [
     (protocol, snr, r2)
     for protocol in sorted(PROTOCOLS)
@@ -96,49 +94,85 @@ MONTE_CARLO_CELLS = [
     for r2 in (30.0, 100.0, 300.0)
 ]
 PDFF_VALUES = (0.0, 0.05, 0.2, 0.5, 0.8, 1.0)
+STRIPE = (48, 24)  # rows × columns of each PDFF's stripe in a Monte Carlo image
 
 
-def asserted(protocol: str, snr: float, r2: float) -> bool:
+def mosaic_image(te, r2star, snr, rng):
+    """One noisy image of side-by-side stripes, one per PDFF of ``PDFF_VALUES``, under one smooth B0 map.
+
+    Like tissues in a body, the stripes share the field, which pins the field map: a uniform tissue alone
+    can shift wholesale to its alias, indistinguishably from an R2* 300 s⁻¹ water–fat swap at low SNR.
+    """
+    rows, width = STRIPE
+    cols = width * len(PDFF_VALUES)
+    yy, xx = np.mgrid[:rows, :cols]
+    b0 = B0_PEAK_HZ * np.sin(np.pi * (xx / (cols - 1) - 0.5)) * np.cos(np.pi * (yy / rows - 0.3))
+    rotation = np.exp(1j * (1.0 + 0.02 * xx - 0.01 * yy))
+    pdff = np.repeat(np.asarray(PDFF_VALUES), width)[None, :].repeat(rows, axis=0)
+    signal = multiecho_signal(
+        (1 - pdff) * rotation, pdff * rotation, np.full(pdff.shape, r2star), b0, te, ISMRM_6PEAK, FREQUENCY_HZ
+    )
+    noise = rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)
+    return signal + noise / snr, b0
+
+
+def statistics_asserted(protocol: str, snr: float, r2: float) -> bool:
+    """Whether bias and SD are asserted for a cell (swaps are asserted everywhere but one cell).
+
+    At R2* 300 s⁻¹ the fit is not yet at the bound everywhere: on the 10-echo protocol SD(R2*) reaches
+    1.6–1.9× the bound (PDFF 50–80 % at SNR 50, every PDFF at SNR 20, where R2* bias reaches ~10 s⁻¹),
+    and 6-echo cells sit near the limits within sampling error. Those rows are printed, not asserted.
+    """
     return r2 <= 100
+
+
+def swaps_asserted(protocol: str, snr: float, r2: float) -> bool:
+    return not (protocol == "10-echo" and snr < 50 and r2 >= 300)
 
 
 def test_monte_carlo_against_cramer_rao_bound():
     """|bias| < 0.5 PDFF points and < 2 s⁻¹, SD within 1.25× the bound, no swaps on a smooth field."""
     rng = np.random.default_rng(2026)
     rows, failures = [], []
+    width = STRIPE[1]
     for protocol, snr, r2 in MONTE_CARLO_CELLS:
         te = PROTOCOLS[protocol]
         period = 1 / (te[1] - te[0])
-        for pdff in PDFF_VALUES:
-            signal, b0 = uniform_image(te, pdff, r2, snr, rng)
-            maps = fit_fatwater(signal, te, FREQUENCY_HZ)
-            estimate = fat_fraction(maps.water, maps.fat, clip=False)
+        # A voxel is swapped when its field is nearer a water–fat alias than the truth.
+        alias_hz = abs(ISMRM_6PEAK.frequencies_hz(FREQUENCY_HZ)[np.argmax(ISMRM_6PEAK.amplitudes)])
+        signal, b0 = mosaic_image(te, r2, snr, rng)
+        maps = fit_fatwater(signal, te, FREQUENCY_HZ)
+        for index, pdff in enumerate(PDFF_VALUES):
+            stripe = np.s_[:, index * width : (index + 1) * width]
+            estimate = fat_fraction(maps.water[stripe], maps.fat[stripe], clip=False)
+            r2star = maps.r2star[stripe]
             bound = crlb(te, FREQUENCY_HZ, ISMRM_6PEAK, pdff, r2, snr=snr, model="complex")
-            swaps = float(np.mean(np.abs(wrapped_error(maps.b0, b0, period)) > 30))
+            field_error = wrapped_error(maps.b0[stripe], b0[stripe], period)
+            swaps = float(np.mean(np.abs(field_error) > alias_hz / 2))
             row = {
                 "bias_pp": 100 * float(np.mean(estimate) - pdff),
                 "sd_ratio": 100 * float(np.std(estimate)) / float(bound.sd_pdff_pp),
-                "r2_bias": float(np.mean(maps.r2star) - r2),
-                "r2_sd_ratio": float(np.std(maps.r2star)) / float(bound.sd_r2star_per_s),
-                "swaps": swaps,
+                "r2_bias": float(np.mean(r2star) - r2),
+                "r2_sd_ratio": float(np.std(r2star)) / float(bound.sd_r2star_per_s),
             }
-            checked = asserted(protocol, snr, r2)
-            ok = (
+            statistics_ok = (
                 abs(row["bias_pp"]) < 0.5
                 and abs(row["r2_bias"]) < 2.0
                 and row["sd_ratio"] < 1.25
                 and row["r2_sd_ratio"] < 1.25
-                and swaps == 0
             )
+            checked = statistics_asserted(protocol, snr, r2)
+            swaps_checked = swaps_asserted(protocol, snr, r2)
+            failed = (checked and not statistics_ok) or (swaps_checked and swaps > 0)
+            verdict = "FAIL" if failed else "ok" if statistics_ok and swaps == 0 else "not asserted"
             rows.append(
                 f"{protocol:>7} SNR {snr:3.0f} R2* {r2:4.0f} PDFF {100 * pdff:5.1f}%  "
                 f"bias {row['bias_pp']:+6.2f} pp  SD/CRLB {row['sd_ratio']:5.2f}  "
                 f"R2* bias {row['r2_bias']:+7.2f} s⁻¹  SD/CRLB {row['r2_sd_ratio']:5.2f}  "
-                f"swaps {swaps:5.3f}  "
-                f"{'ok' if ok else 'FAIL' if checked else 'not asserted'}"
+                f"swaps {swaps:5.3f}  {verdict}"
             )
-            if checked and not ok:
+            if failed:
                 failures.append(rows[-1])
-    print(f"\nMonte Carlo, ISMRM 6-peak, smooth B0 ±200 Hz, {CELL**2} voxels per cell")
+    print(f"\nMonte Carlo, ISMRM 6-peak, smooth B0 ±200 Hz, {STRIPE[0] * STRIPE[1]} voxels per cell")
     print("\n".join(rows))
     assert not failures, "\n".join(failures)

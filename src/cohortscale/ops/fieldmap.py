@@ -6,6 +6,11 @@ curve whose minima include the true field and its water–fat aliases. The field
 through the cost volume chosen by semi-global aggregation (Hirschmüller's SGM, here over field-map
 labels instead of stereo disparities): dynamic programming along eight image directions with a small
 penalty for field changes between neighbours and a large one for jumps.
+
+Path-wise aggregation weighs each voxel's evidence only along lines, so a tissue region can stay on an
+alias when its summed evidence is spread over an area: :func:`flip_regions` then moves whole regions of
+smooth field to their water–fat alias wherever that lowers the energy of the field-map Markov random field
+(data cost plus neighbour penalties) — region-level moves in the spirit of graph-cut jump moves.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
+from scipy.sparse.csgraph import connected_components
 
 from cohortscale.backend import array_module
 
@@ -29,6 +36,14 @@ SGM_DIRECTIONS: tuple[tuple[int, int], ...] = (
     (-1, -1),
     (1, -1),
     (-1, 1),
+)
+
+#: Neighbour pairs of the field-map energy: (row step, column step) and a 1/distance weight.
+NEIGHBOUR_PAIRS: tuple[tuple[tuple[int, int], float], ...] = (
+    ((0, 1), 1.0),
+    ((1, 0), 1.0),
+    ((1, 1), 2**-0.5),
+    ((1, -1), 2**-0.5),
 )
 
 
@@ -236,3 +251,144 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
             previous, previous_weight = current, weight[:, i]
         total += path if along_rows else xp.swapaxes(path, 1, 2)
     return total
+
+
+def field_penalty(
+    label_change,
+    n_labels: int,
+    periodic: bool,
+    free_labels: int,
+    penalty_per_label: float,
+    max_penalty: float,
+):
+    """Neighbour penalty of a field change of ``label_change`` labels: free band, then linear, capped."""
+    distance = np.abs(label_change)
+    if periodic:
+        distance = np.minimum(distance % n_labels, n_labels - distance % n_labels)
+    return np.minimum(penalty_per_label * np.maximum(distance - free_labels, 0), max_penalty)
+
+
+def _neighbour_pairs(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices of every neighbour pair of a plane and the pair's distance weight."""
+    rows, cols = shape
+    index = np.arange(rows * cols).reshape(shape)
+    first, second, weight = [], [], []
+    for (dy, dx), distance_weight in NEIGHBOUR_PAIRS:
+        first.append(index[: rows - dy, max(0, -dx) : cols - max(0, dx)].ravel())
+        second.append(index[dy:, max(0, dx) : cols - max(0, -dx)].ravel())
+        weight.append(np.full(first[-1].size, distance_weight))
+    return np.concatenate(first), np.concatenate(second), np.concatenate(weight)
+
+
+def _best_nearby(cost: np.ndarray, centre: np.ndarray, window: int, periodic: bool):
+    """Per voxel, the label of lowest cost within ±``window`` of ``centre`` and that cost."""
+    n_vox, n_labels = cost.shape
+    candidates = centre[:, None] + np.arange(-window, window + 1)[None, :]
+    if periodic:
+        candidates %= n_labels
+    inside = (candidates >= 0) & (candidates < n_labels)
+    values = np.where(inside, cost[np.arange(n_vox)[:, None], np.clip(candidates, 0, n_labels - 1)], np.inf)
+    best = values.argmin(axis=1)
+    return candidates[np.arange(n_vox), best], values[np.arange(n_vox), best]
+
+
+def flip_regions(
+    cost: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    shifts: tuple[int, ...],
+    *,
+    free_labels: int,
+    penalty_per_label: float,
+    max_penalty: float,
+    periodic: bool,
+    max_rounds: int,
+) -> np.ndarray:
+    """Move whole regions of one plane's field map to an alias wherever that lowers the field energy.
+
+    The energy is ``Σ cost[p, label_p] + Σ w_pq · penalty(label_p − label_q)`` over neighbour pairs, with
+    ``w_pq`` the smaller signal weight of the pair times its distance weight. A region is a connected set
+    of voxels whose neighbours differ by at most ``free_labels + 1`` labels. Each round every region's
+    best move — all its voxels shifted by one of ``shifts`` (each to the lowest cost within the free band
+    of the shifted label) — is scored exactly against its fixed surroundings, and the improving moves
+    with the largest gain per voxel among their neighbours are applied: small islands join their
+    surroundings before a large region is moved to agree with islands inside it.
+
+    Parameters
+    ----------
+    cost : ndarray, shape (Y, X, K)
+        Data cost per voxel and label (NumPy).
+    labels : ndarray, int, shape (Y, X)
+        Starting labels (the semi-global aggregation's choice).
+    weights : ndarray, shape (Y, X)
+        Smoothness weight per voxel, 0–1, as in :func:`aggregate`.
+    shifts : tuple of int
+        Label shifts to try: the water–fat alias offsets.
+    free_labels, penalty_per_label, max_penalty, periodic
+        The neighbour penalty (:func:`field_penalty`).
+    max_rounds : int
+        Upper bound on the rounds of moves.
+
+    Returns
+    -------
+    ndarray, int, shape (Y, X)
+        Labels after the moves, each at the lowest cost within the free band of its region's field.
+    """
+    n_rows, n_cols, n_labels = cost.shape
+    n_vox = n_rows * n_cols
+    flat_cost = cost.reshape(n_vox, n_labels)
+    first, second, distance_weight = _neighbour_pairs((n_rows, n_cols))
+    flat_weights = weights.ravel()
+    pair_weight = distance_weight * np.minimum(flat_weights[first], flat_weights[second])
+
+    def penalty(first_labels, second_labels):
+        change = first_labels - second_labels
+        return pair_weight * field_penalty(
+            change, n_labels, periodic, free_labels, penalty_per_label, max_penalty
+        )
+
+    window = max(free_labels, 1)
+    current, current_cost = _best_nearby(flat_cost, labels.ravel(), window, periodic)
+    for _ in range(max_rounds):
+        change = np.abs(current[first] - current[second])
+        if periodic:
+            change = np.minimum(change, n_labels - change)
+        linked = change <= free_labels + 1
+        adjacency = scipy.sparse.coo_matrix(
+            (np.ones(int(linked.sum())), (first[linked], second[linked])), shape=(n_vox, n_vox)
+        )
+        n_regions, region = connected_components(adjacency, directed=False)
+        size = np.bincount(region, minlength=n_regions)
+        inside = region[first] == region[second]
+        before = penalty(current[first], current[second])
+        best_gain = np.zeros(n_regions)
+        best_move = np.full(n_regions, -1)
+        moved = []
+        for move, shift in enumerate(shifts):
+            target, target_cost = _best_nearby(flat_cost, current + shift, window, periodic)
+            moved.append(target)
+            gain = np.bincount(
+                region, weights=np.minimum(target_cost - current_cost, 1e30), minlength=n_regions
+            )
+            # A pair inside a region moves with it; across regions, either side moves alone.
+            first_moves = penalty(target[first], np.where(inside, target[second], current[second])) - before
+            second_moves = penalty(current[first], target[second]) - before
+            gain += np.bincount(region[first], weights=first_moves, minlength=n_regions)
+            gain += np.bincount(region[second][~inside], weights=second_moves[~inside], minlength=n_regions)
+            better = gain < best_gain
+            best_gain[better] = gain[better]
+            best_move[better] = move
+        priority = np.where(best_move >= 0, best_gain / size, np.inf)
+        # Apply a move only where no neighbouring region has a better one this round.
+        across_first, across_second = region[first][~inside], region[second][~inside]
+        neighbour_best = np.full(n_regions, np.inf)
+        np.minimum.at(neighbour_best, across_first, priority[across_second])
+        np.minimum.at(neighbour_best, across_second, priority[across_first])
+        chosen = np.isfinite(priority) & (priority < neighbour_best)
+        if not chosen.any():
+            break
+        for move in range(len(shifts)):
+            voxels = chosen[region] & (best_move[region] == move)
+            current[voxels] = moved[move][voxels]
+        current_cost = flat_cost[np.arange(n_vox), current]
+    return current.reshape(n_rows, n_cols)

@@ -5,7 +5,9 @@ The fit, for all voxels at once:
 1. a VARPRO cost volume over candidate field-map values (each minimised over a coarse R2* grid),
    :func:`cohortscale.ops.fieldmap.varpro_cost`;
 2. a field map chosen by semi-global aggregation of that volume, which keeps the field smooth across the
-   image and so picks the right one of the water–fat aliases (:func:`cohortscale.ops.fieldmap.aggregate`);
+   image and so picks the right one of the water–fat aliases (:func:`cohortscale.ops.fieldmap.aggregate`),
+   then region-level moves to the alias wherever that lowers the field-map energy
+   (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host);
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
 4. PDFF with magnitude discrimination, iron from R2*, the relative residual and quality flags.
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.special
 
-from cohortscale.backend import array_module
+from cohortscale.backend import array_module, to_numpy
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
-from cohortscale.ops.fieldmap import aggregate, field_grid, varpro_cost
+from cohortscale.ops.fieldmap import FieldGrid, aggregate, field_grid, flip_regions, varpro_cost
 
 #: R2* candidates of the cost volume, s⁻¹: about 30 % apart, so that no true R2* up to 1000 s⁻¹ is far
 #: enough from a candidate for a water–fat alias to fit better (a coarser grid swaps water at R2* 300).
@@ -103,6 +105,13 @@ class FitOptions:
         Penalty per Hz of neighbour field change beyond the free step, in units of the noise variance.
     max_field_penalty : float
         Cap on the neighbour penalty (noise-variance units), so that fields may differ across air gaps.
+    bright_percentile : float
+        Percentile of the signal norm that counts as bright tissue: smoothness weights are the norm over
+        it, capped at 1.
+    weight_power : float
+        Exponent on those weights (higher lets the field change more freely through dim voxels).
+    region_rounds : int
+        Rounds of region-level alias moves after the aggregation (0 turns them off).
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
     r2star_max_s : float
@@ -121,6 +130,7 @@ class FitOptions:
     max_field_penalty: float = 100.0
     bright_percentile: float = 90.0
     weight_power: float = 1.0
+    region_rounds: int = 20
     iterations: int = 3
     r2star_max_s: float = 1500.0
     low_signal_fraction: float = 0.05
@@ -265,6 +275,39 @@ def _noise_variance(min_cost, energy, n_echo: int, xp) -> float:
     return max(median / chi2_median, float(xp.finfo(xp.float32).tiny))
 
 
+def alias_shifts(spectrum: FatSpectrum, imaging_frequency_hz: float, grid: FieldGrid) -> tuple[int, int]:
+    """Label shifts between a field map and its water–fat aliases: ± the main fat peak's offset."""
+    offsets = spectrum.frequencies_hz(imaging_frequency_hz)
+    step = round(abs(float(offsets[int(np.argmax(spectrum.amplitudes))])) / grid.step_hz)
+    return step, -step
+
+
+def _choose_labels(volume, weights, grid: FieldGrid, shifts: tuple[int, ...], options: FitOptions):
+    """Field-map labels (planes, y, x): semi-global aggregation, then region-level alias moves."""
+    xp = array_module(volume)
+    penalty = {
+        "free_labels": round(options.free_field_step_hz / grid.step_hz),
+        "penalty_per_label": options.field_penalty_per_hz * grid.step_hz,
+        "max_penalty": options.max_field_penalty,
+        "periodic": grid.periodic,
+    }
+    labels = aggregate(volume, weights, **penalty).argmin(axis=-1)
+    if not options.region_rounds:
+        return labels
+    # Region moves are sparse-graph bookkeeping over few regions: they run on the host.
+    host_volume, host_weights, host_labels = to_numpy(volume), to_numpy(weights), to_numpy(labels)
+    for plane in range(host_labels.shape[0]):
+        host_labels[plane] = flip_regions(
+            host_volume[plane],
+            host_labels[plane],
+            host_weights[plane],
+            shifts,
+            max_rounds=options.region_rounds,
+            **penalty,
+        )
+    return xp.asarray(host_labels)
+
+
 def fit_fatwater(
     signal,
     echo_times_s,
@@ -325,15 +368,8 @@ def fit_fatwater(
     norm = xp.sqrt(energy)
     bright = float(xp.percentile(norm, options.bright_percentile))
     weights = xp.clip(norm / bright, 0, 1).reshape(planes.shape[:-1]) ** options.weight_power
-    total = aggregate(
-        volume,
-        weights,
-        free_labels=round(options.free_field_step_hz / grid.step_hz),
-        penalty_per_label=options.field_penalty_per_hz * grid.step_hz,
-        max_penalty=options.max_field_penalty,
-        periodic=grid.periodic,
-    )
-    labels = total.reshape(flat.shape[0], -1).argmin(axis=1)
+    shifts = alias_shifts(spectrum, imaging_frequency_hz, grid)
+    labels = _choose_labels(volume, weights, grid, shifts, options).reshape(-1)
     field0 = xp.asarray(grid.values_hz)[labels]
     r2_0 = xp.asarray(r2_grid)[best_r2[xp.arange(labels.size), labels]]
 
