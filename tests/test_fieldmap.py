@@ -1,0 +1,124 @@
+"""The field-map search: VARPRO cost against direct least squares, the neighbour penalty, region moves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor
+from cohortscale.ops.fieldmap import NEIGHBOUR_PAIRS, field_grid, field_penalty, flip_regions, varpro_cost
+
+FREQUENCY_HZ = 63.866e6
+PENALTY = {"free_labels": 1, "penalty_per_label": 2.0, "max_penalty": 40.0, "periodic": True}
+
+
+def field_energy(cost, labels, weights):
+    """Σ data cost + Σ pair weight · neighbour penalty, computed pair by pair."""
+    rows, cols, n_labels = cost.shape
+    total = float(np.take_along_axis(cost, labels[..., None], axis=-1).sum())
+    for (dy, dx), distance_weight in NEIGHBOUR_PAIRS:
+        for y in range(rows - dy):
+            for x in range(max(0, -dx), cols - max(0, dx)):
+                weight = distance_weight * min(weights[y, x], weights[y + dy, x + dx])
+                change = labels[y, x] - labels[y + dy, x + dx]
+                total += weight * float(field_penalty(change, n_labels, **PENALTY))
+    return total
+
+
+def test_varpro_cost_is_the_least_squares_residual():
+    rng = np.random.default_rng(0)
+    te = np.array([1.2e-3, 3.2e-3, 5.2e-3, 7.2e-3, 9.2e-3, 11.2e-3])
+    phasor = fat_phasor(te, ISMRM_6PEAK, FREQUENCY_HZ)
+    signal = (rng.standard_normal((5, te.size)) + 1j * rng.standard_normal((5, te.size))).astype(np.complex64)
+    field = np.array([-120.0, 0.0, 75.0])
+    r2star = np.array([0.0, 50.0, 400.0])
+    cost, best = varpro_cost(signal, te, phasor, field, r2star)
+    for v in range(signal.shape[0]):
+        for k, psi in enumerate(field):
+            residuals = []
+            for r2 in r2star:
+                decay = np.exp((2j * np.pi * psi - r2) * te)
+                design = np.stack([decay, decay * phasor], axis=1)
+                amplitudes = np.linalg.lstsq(design, signal[v], rcond=None)[0]
+                residuals.append(np.sum(np.abs(signal[v] - design @ amplitudes) ** 2))
+            assert cost[v, k] == pytest.approx(min(residuals), rel=1e-4, abs=1e-5)
+            assert best[v, k] == int(np.argmin(residuals))
+
+
+def test_field_grid_spans_one_alias_period_for_uniform_echoes():
+    grid = field_grid(np.array([1e-3, 3e-3, 5e-3]), 50, 500.0)
+    assert grid.periodic
+    assert grid.step_hz * 50 == pytest.approx(500.0)
+    irregular = field_grid(np.array([1e-3, 2.5e-3, 5e-3]), 41, 300.0)
+    assert not irregular.periodic
+    assert irregular.values_hz[[0, -1]].tolist() == [-300.0, 300.0]
+
+
+def test_field_penalty_free_band_slope_cap_and_wrap():
+    values = field_penalty(np.array([0, 1, 2, 5, 30, 63]), 64, **PENALTY)
+    # |Δ| ≤ 1 free, then 2 per label, capped at 40; 63 labels apart wraps to 1 on a periodic grid.
+    assert values.tolist() == [0.0, 0.0, 2.0, 8.0, 40.0, 0.0]
+
+
+def two_basin_cost(truth, shift, n_labels, truth_cost, alias_cost):
+    """Cost volume with a minimum at ``truth`` and another at ``truth + shift`` (mod K), flat elsewhere."""
+    rows, cols = truth.shape
+    cost = np.full((rows, cols, n_labels), 100.0)
+    index = np.indices((rows, cols))
+    cost[index[0], index[1], truth % n_labels] = truth_cost
+    cost[index[0], index[1], (truth + shift) % n_labels] = alias_cost
+    return cost
+
+
+def test_island_on_the_alias_rejoins_its_surroundings():
+    n_labels, shift = 64, 20
+    truth = (np.arange(12)[None, :] + np.arange(10)[:, None]) // 3 + 10  # a smooth ramp
+    cost = two_basin_cost(truth, shift, n_labels, truth_cost=0.0, alias_cost=1.0)
+    # Inside the island the alias fits each voxel slightly better (model mismatch): the truth only wins
+    # there through smoothness, which 1-D path aggregation can miss.
+    island = np.s_[3:6, 4:8]
+    cost[island] = two_basin_cost(truth[island], shift, n_labels, truth_cost=1.0, alias_cost=0.0)
+    weights = np.ones(truth.shape)
+    start = truth.copy()
+    start[island] += shift
+    moved = flip_regions(cost, start, weights, (shift, -shift), max_rounds=10, **PENALTY)
+    assert np.array_equal(moved, truth)
+    assert field_energy(cost, moved, weights) < field_energy(cost, start, weights)
+
+
+def test_region_with_strong_evidence_keeps_its_alias():
+    n_labels, shift = 64, 20
+    truth = np.full((10, 12), 30)
+    cost = two_basin_cost(truth, shift, n_labels, truth_cost=0.0, alias_cost=40.0)
+    # Within the island the alias fits far better than its border costs: it stays.
+    island = np.s_[2:8, 3:9]
+    cost[island] = two_basin_cost(truth[island], shift, n_labels, truth_cost=60.0, alias_cost=0.0)
+    start = truth.copy()
+    start[island] += shift
+    weights = np.ones(truth.shape)
+    moved = flip_regions(cost, start, weights, (shift, -shift), max_rounds=10, **PENALTY)
+    assert np.array_equal(moved, start)
+
+
+def test_islands_move_before_the_region_around_them():
+    """Many alias islands in one region: moving the islands, not the region, is the better way down."""
+    n_labels, shift = 64, 20
+    rng = np.random.default_rng(1)
+    truth = np.full((24, 24), 12)
+    cost = two_basin_cost(truth, shift, n_labels, truth_cost=0.0, alias_cost=0.3)
+    start = truth.copy()
+    islands = rng.random(truth.shape) < 0.1
+    start[islands] += shift
+    weights = np.ones(truth.shape)
+    moved = flip_regions(cost, start, weights, (shift, -shift), max_rounds=20, **PENALTY)
+    assert np.array_equal(moved, truth)
+
+
+def test_moves_never_raise_the_energy():
+    rng = np.random.default_rng(2)
+    cost = rng.uniform(0, 10, (8, 9, 32))
+    start = rng.integers(0, 32, (8, 9))
+    weights = rng.uniform(0, 1, (8, 9))
+    settled = flip_regions(cost, start, weights, (), max_rounds=1, **PENALTY)
+    moved = flip_regions(cost, start, weights, (11, -11), max_rounds=10, **PENALTY)
+    assert field_energy(cost, moved, weights) <= field_energy(cost, settled, weights) + 1e-9
