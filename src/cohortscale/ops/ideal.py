@@ -251,10 +251,13 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz:
         g2 = (jac_r2.conj() * residual).real.sum(axis=1)
         det = j11 * j22 - j12**2
         det = xp.where(det > 0, det, xp.inf)
-        field_hz = field_hz - (j22 * g1 - j12 * g2) / det
-        r2star_s = r2star_s - (j11 * g2 - j12 * g1) / det
-        field_hz = xp.clip(field_hz, start - max_field_update_hz, start + max_field_update_hz)
-        r2star_s = xp.clip(r2star_s, 0.0, options.r2star_max_s)
+        stepped = field_hz - (j22 * g1 - j12 * g2) / det
+        stepped = xp.clip(stepped, start - max_field_update_hz, start + max_field_update_hz)
+        # R2* step given the field step actually taken: the joint Newton step when ψ is not clipped, and
+        # still the best R2* for the model when it is (a joint step would overshoot R2* then).
+        r2_step = -(g2 + j12 * (stepped - field_hz)) / xp.where(j22 > 0, j22, xp.inf)
+        field_hz = stepped
+        r2star_s = xp.clip(r2star_s + r2_step, 0.0, options.r2star_max_s)
     design = xp.exp(field_hz[:, None] * two_pi_i_t - r2star_s[:, None] * te)[:, :, None] * basis
     amplitudes = _least_squares(design, signal)
     residual = xp.sqrt((xp.abs(signal - xp.einsum("vnm,vm->vn", design, amplitudes)) ** 2).sum(axis=1))
