@@ -122,3 +122,22 @@ def test_moves_never_raise_the_energy():
     settled = flip_regions(cost, start, weights, (), max_rounds=1, **PENALTY)
     moved = flip_regions(cost, start, weights, (11, -11), max_rounds=10, **PENALTY)
     assert field_energy(cost, moved, weights) <= field_energy(cost, settled, weights) + 1e-9
+
+
+def test_organ_carried_to_its_alias_through_a_dim_gap_moves_back():
+    """A field ramp through a dark gap links an organ on its alias to the body: split regions at the gap."""
+    n_labels, shift, rows = 64, 20, 8
+    truth = np.full((rows, 28), 10)
+    cost = two_basin_cost(truth, shift, n_labels, truth_cost=0.0, alias_cost=2.0)
+    weights = np.ones(truth.shape)
+    gap = np.s_[:, 8:18]
+    weights[gap] = 0.05
+    cost[gap] = 0.0  # no signal: every field fits the gap
+    start = truth.copy()
+    start[:, 8:18] = 10 + 2 * np.arange(1, 11)  # within the linking band at every step
+    start[:, 18:] += shift
+    whole = flip_regions(cost, start, weights, (shift, -shift), max_rounds=10, **PENALTY)
+    assert np.array_equal(whole[:, 18:], start[:, 18:])  # one region with the body: it cannot move alone
+    split = flip_regions(cost, start, weights, (shift, -shift), max_rounds=10, min_link_weight=0.3, **PENALTY)
+    assert np.array_equal(split[:, 18:], truth[:, 18:])
+    assert field_energy(cost, split, weights) < field_energy(cost, whole, weights)

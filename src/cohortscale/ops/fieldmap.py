@@ -303,12 +303,15 @@ def flip_regions(
     max_penalty: float,
     periodic: bool,
     max_rounds: int,
+    min_link_weight: float = 0.0,
 ) -> np.ndarray:
     """Move whole regions of one plane's field map to an alias wherever that lowers the field energy.
 
     The energy is ``Σ cost[p, label_p] + Σ w_pq · penalty(label_p − label_q)`` over neighbour pairs, with
     ``w_pq`` the smaller signal weight of the pair times its distance weight. A region is a connected set
-    of voxels whose neighbours differ by at most ``free_labels + 1`` labels. Each round every region's
+    of voxels whose neighbours differ by at most ``free_labels + 1`` labels and whose pair weight is at
+    least ``min_link_weight``: dim gaps separate tissues, so an organ that a field ramp through a dark gap
+    has carried onto an alias is a region of its own. Each round every region's
     best move — all its voxels shifted by one of ``shifts`` (each to the lowest cost within the free band
     of the shifted label) — is scored exactly against its fixed surroundings, and the improving moves
     with the largest gain per voxel among their neighbours are applied: small islands join their
@@ -328,6 +331,8 @@ def flip_regions(
         The neighbour penalty (:func:`field_penalty`).
     max_rounds : int
         Upper bound on the rounds of moves.
+    min_link_weight : float
+        Pair weight below which neighbours do not join one region (they still pay the penalty).
 
     Returns
     -------
@@ -353,7 +358,7 @@ def flip_regions(
         change = np.abs(current[first] - current[second])
         if periodic:
             change = np.minimum(change, n_labels - change)
-        linked = change <= free_labels + 1
+        linked = (change <= free_labels + 1) & (pair_weight >= min_link_weight)
         adjacency = scipy.sparse.coo_matrix(
             (np.ones(int(linked.sum())), (first[linked], second[linked])), shape=(n_vox, n_vox)
         )

@@ -112,6 +112,9 @@ class FitOptions:
         Exponent on those weights (higher lets the field change more freely through dim voxels).
     region_rounds : int
         Rounds of region-level alias moves after the aggregation (0 turns them off).
+    region_min_weight : float
+        Smoothness weight (0–1) below which neighbours do not join one region for those moves: tissues
+        separated by a dim gap move independently.
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
     r2star_max_s : float
@@ -131,6 +134,7 @@ class FitOptions:
     bright_percentile: float = 90.0
     weight_power: float = 1.0
     region_rounds: int = 20
+    region_min_weight: float = 0.3
     iterations: int = 3
     r2star_max_s: float = 1500.0
     low_signal_fraction: float = 0.05
@@ -306,6 +310,7 @@ def _choose_labels(volume, weights, grid: FieldGrid, shifts: tuple[int, ...], op
             host_weights[plane],
             shifts,
             max_rounds=options.region_rounds,
+            min_link_weight=options.region_min_weight,
             **penalty,
         )
     return xp.asarray(host_labels)
