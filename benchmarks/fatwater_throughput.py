@@ -49,7 +49,12 @@ import numpy as np  # noqa: E402
 
 import cohortscale  # noqa: E402
 from cohortscale.backend import array_module, gpu_available, to_numpy  # noqa: E402
-from cohortscale.io.challenge import ChallengeCase, challenge_score, load_challenge  # noqa: E402
+from cohortscale.io.challenge import (  # noqa: E402
+    ChallengeCase,
+    challenge_fat_fraction,
+    challenge_score,
+    load_challenge,
+)
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, multiecho_signal  # noqa: E402
 from cohortscale.protocols import GAMMA_BAR_MHZ_PER_T  # noqa: E402
 from common import write_results  # noqa: E402
@@ -168,9 +173,10 @@ def pycsemri_fit(
     spectrum in ppm, a field-map grid ``range_fm``/``NUM_FMS`` (Hz) and an R2* grid. Its candidate search
     and spatial coupling do not know that the residual is periodic in 1/ΔTE, so the grid spans one period
     (±1/(2ΔTE)) centred on zero; wider ranges alias (measured: scores 1,100–3,900 on cases 12 and 17 with
-    ±400–600 Hz). Water and fat amplitudes are combined by pycsemri's ``computeFF`` (magnitude
-    discrimination, the formula of FATWATER.md; percent, divided by 100 here). Voxels below its internal
-    5 % magnitude mask get amplitude 0, hence FF 0.
+    ±400–600 Hz). Water and fat amplitudes are combined by pycsemri's ``computeFF`` without its noise-bias
+    correction: ``|F| / (|W| + |F|)``, as the challenge computed FF from submitted water and fat images
+    (percent, divided by 100 here). Voxels below its internal 5 % magnitude mask get amplitude 0, hence
+    FF 0.
     """
     from pycsemri.computeFF import computeFF
     from pycsemri.VARPRO_LUT import VARPRO_LUT
@@ -199,7 +205,7 @@ def pycsemri_fit(
         }
         with _quiet_stdout():
             out = VARPRO_LUT(data, algo)
-        ff[:, :, z] = computeFF(out) / 100.0
+        ff[:, :, z] = computeFF(out, noise_bias_correction=0) / 100.0
     return ff
 
 
@@ -233,9 +239,10 @@ def ours_fit(
     )
 
 
-def ours_pdff(maps: Any) -> np.ndarray:
-    """PDFF (0–1) of :func:`ours_fit`'s maps as a NumPy array shaped (x, y, z) like the case."""
-    return np.moveaxis(to_numpy(maps.pdff), 0, 2)
+def ours_fat_fraction(maps: Any) -> np.ndarray:
+    """Fat fraction (0–1) of :func:`ours_fit`'s water and fat as the challenge computes it from a
+    submission (``challenge_fat_fraction``), shaped (x, y, z) like the case."""
+    return np.moveaxis(challenge_fat_fraction(to_numpy(maps.water), to_numpy(maps.fat)), 0, 2)
 
 
 # ------------------------------------------------------------------------------------------- synthetic
@@ -404,12 +411,12 @@ def main() -> None:
             except Exception as exc:  # report a crash of the fitter under test, keep the peer rows
                 issues.append(f"cohortscale fit_fatwater failed on {name}: {type(exc).__name__}: {exc}")
                 continue
-            pdff = ours_pdff(maps)
+            pdff = ours_fat_fraction(maps)
             if (nan := int(np.isnan(pdff).sum())) > 0:
                 counted = int(np.isnan(pdff[mask]).sum()) if (mask := masks.get(name)) is not None else 0
                 issues.append(
-                    f"Observation: our PDFF is NaN in {nan} voxels of {name} ({counted} of them scored; "
-                    "pycsemri returns 0 there)."
+                    f"Observation: our fat fraction is NaN in {nan} voxels of {name} ({counted} of them "
+                    "scored; pycsemri returns 0 there)."
                 )
             entry = row("cohortscale fit_fatwater", "CPU", name, voxels, args.threads, wall, cpu,
                         scorer(pdff) if scorer else None)  # fmt: skip
@@ -424,7 +431,7 @@ def main() -> None:
                     partial(ours_fit, on_gpu, te, frequency, sign, spectrum), args.repeats, sync
                 )
                 entry = row("cohortscale fit_fatwater (CuPy)", "GPU", name, voxels, 1, wall, np.nan,
-                            scorer(ours_pdff(maps)) if scorer else None)  # fmt: skip
+                            scorer(ours_fat_fraction(maps)) if scorer else None)  # fmt: skip
                 for sub, seconds in peer_seconds.items():
                     entry[f"pycsemri_S{sub}_s_over_ours"] = round(seconds / wall, 2)
 
@@ -448,7 +455,8 @@ def main() -> None:
         "masked or not) / s_per_case / threads (pycsemri: 1 thread, its VARPRO_LUT library is "
         "single-threaded). cpu_s_per_wall_s: process "
         "CPU time over wall time of the timed call (the cores actually busy). score: challenge score, 10000 "
-        "× share of eval_mask voxels with |FF − ref| < 0.1 (synthetic row: of body voxels against the "
+        "× share of eval_mask voxels with |FF − ref| < 0.1, FF = |F| / (|W| + |F|) of the fitted water and "
+        "fat images as the challenge computed it from entries (synthetic row: of body voxels against the "
         "truth); 13_noref has no reference (time only). swapped_pct: percent of those voxels within 0.1 of "
         "1 − ref but not of ref (water–fat swaps). pycsemri_Sk_s_over_ours: pycsemri's seconds at "
         "SUBSAMPLE k over ours on the same case in this run (> 1: ours is faster).",
@@ -460,9 +468,9 @@ def main() -> None:
         f"{PYCSEMRI_FM_STEP_HZ:g} Hz steps, R2* {PYCSEMRI_R2STAR_RANGE[0]:g}–{PYCSEMRI_R2STAR_RANGE[1]:g} "
         f"s⁻¹ in {PYCSEMRI_NUM_R2STARS} steps, FieldStrength = imaging frequency / 42.58 MHz/T (its "
         "built-in γ̄), its fixed mask (5 % of the maximum first-echo magnitude) and coupling weight (0.06); "
-        "FF from its `computeFF`. cohortscale: `fit_fatwater` with its default FitOptions, the signal "
-        "passed with the slice axis first ((z, x, y, echo): it regularises the field over the two axes "
-        "before the echo axis) and the PDFF moved back to (x, y, z) for scoring; cohortscale code at "
+        "FF from its `computeFF` without noise-bias correction. cohortscale: `fit_fatwater` with its default "
+        "FitOptions, the signal passed with the slice axis first ((z, x, y, echo): it regularises the field "
+        "over the two axes before the echo axis), moved back to (x, y, z) for scoring; cohortscale code at "
         f"commit {code_version()}.",
         gpu_note,
         f"Synthetic slice: {SYNTH_SHAPE[0]}×{SYNTH_SHAPE[1]}×1, TE {SYNTH_ECHO_TIMES_S[0] * 1e3:.1f} + "

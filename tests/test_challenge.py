@@ -7,13 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cohortscale.io.challenge import ChallengeFileError, challenge_score, load_challenge
+from cohortscale.io.challenge import (
+    ChallengeFileError,
+    challenge_fat_fraction,
+    challenge_score,
+    load_challenge,
+)
 from cohortscale.ops.ideal import fit_fatwater
 
 CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ismrm2012"
 
 #: Scores the current fitter must keep (the issue's goals, 9,900 and 9,750, are not reached yet).
-FLOORS = {"17_ISMRM": 9_840, "12_ISMRM": 9_660}
+FLOORS = {"17_ISMRM": 9_850, "12_ISMRM": 9_700}
 
 
 def case_path(name: str) -> Path:
@@ -33,8 +38,10 @@ def test_challenge_score(name):
         case.imaging_frequency_hz,
         phase_sign=case.phase_sign,
     )
-    score = challenge_score(np.moveaxis(maps.pdff, 0, 2), case)
-    print(f"\n{name}: score {score:.0f}")
+    # Scored as the challenge scored entries: from the water and fat images.
+    score = challenge_score(np.moveaxis(challenge_fat_fraction(maps.water, maps.fat), 0, 2), case)
+    pdff_score = challenge_score(np.moveaxis(maps.pdff, 0, 2), case)
+    print(f"\n{name}: score {score:.0f} (our magnitude-discriminated PDFF scores {pdff_score:.0f})")
     assert score >= FLOORS[name]
 
 
@@ -44,6 +51,8 @@ def test_reader_and_score_conventions(tmp_path):
     assert case.phase_sign == 1
     assert case.imaging_frequency_hz == pytest.approx(1.494 * 42.577478e6)
     assert challenge_score(case.ref, case) == 10_000
+    water, fat = np.array([3.0 + 4.0j, 0.0, 1.0]), np.array([0.0, -2.0, 1.0j])
+    assert np.allclose(challenge_fat_fraction(water, fat), [0.0, 1.0, 0.5])
     assert challenge_score(np.clip(case.ref + 0.2, 0, None), case) < 1_000
     bad = tmp_path / "bad.mat"
     bad.write_bytes(b"not matlab")

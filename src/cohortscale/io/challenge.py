@@ -100,6 +100,24 @@ def load_challenge(path: str | Path) -> ChallengeCase:
     )
 
 
+def challenge_fat_fraction(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
+    """Fat fraction as the challenge computes it from a submission: ``|F| / (|W| + |F|)``.
+
+    Entries submitted real-valued water and fat images, and the organisers computed each case's fat
+    fraction map from them (challenge.ismrm.org, scoring rules), so the score judges the separated images
+    with the plain magnitude ratio, not a fitter's own PDFF estimator (such as magnitude discrimination).
+    NaN where both are zero.
+
+    Parameters
+    ----------
+    water, fat : ndarray
+        Water and fat images (complex or magnitude), same shape.
+    """
+    water_mag, fat_mag = np.abs(np.asarray(water)), np.abs(np.asarray(fat))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fat_mag / (water_mag + fat_mag)
+
+
 def challenge_score(fat_fraction: np.ndarray, case: ChallengeCase) -> float:
     """Challenge score: 10 000 × share of evaluated voxels within 0.1 of the reference fat fraction.
 
