@@ -18,7 +18,7 @@ from cohortscale.ops.ideal import fit_fatwater
 CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ismrm2012"
 
 #: Scores the current fitter must keep (the issue's goals, 9,900 and 9,750, are not reached yet).
-FLOORS = {"17_ISMRM": 9_850, "12_ISMRM": 9_700}
+FLOORS = {"17_ISMRM": 9_870, "12_ISMRM": 9_710}
 
 
 def case_path(name: str) -> Path:

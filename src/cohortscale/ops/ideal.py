@@ -10,7 +10,10 @@ The fit, for all voxels at once:
    (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host);
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
-4. PDFF with magnitude discrimination, iron from R2*, the relative residual and quality flags.
+4. signal-weighted in-plane smoothing of the field map (:func:`smooth_field_map`), then water and fat for
+   the smoothed field: the field is physically smooth, and its per-voxel noise is part of what makes water
+   and fat noisy with few echoes;
+5. PDFF with magnitude discrimination, iron from R2*, the relative residual and quality flags.
 
 Runs on NumPy or CuPy arrays (the backend of ``signal``); both give the same maps within float32
 round-off.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.special
 
-from cohortscale.backend import array_module, to_numpy
+from cohortscale.backend import array_module, ndimage_module, to_numpy
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
 from cohortscale.ops.fieldmap import FieldGrid, aggregate, field_grid, flip_regions, varpro_cost
 
@@ -115,6 +118,9 @@ class FitOptions:
     region_min_weight : float
         Smoothness weight (0–1) below which neighbours do not join one region for those moves: tissues
         separated by a dim gap move independently.
+    field_smoothing_px : float
+        Gaussian σ (pixels) of the signal-weighted smoothing of the fitted field map, after which water and
+        fat are fitted again (0: none).
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
     r2star_max_s : float
@@ -135,6 +141,7 @@ class FitOptions:
     weight_power: float = 1.0
     region_rounds: int = 20
     region_min_weight: float = 0.3
+    field_smoothing_px: float = 0.5
     iterations: int = 3
     r2star_max_s: float = 1500.0
     low_signal_fraction: float = 0.05
@@ -262,10 +269,56 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz:
         r2_step = -(g2 + j12 * (stepped - field_hz)) / xp.where(j22 > 0, j22, xp.inf)
         field_hz = stepped
         r2star_s = xp.clip(r2star_s + r2_step, 0.0, options.r2star_max_s)
-    design = xp.exp(field_hz[:, None] * two_pi_i_t - r2star_s[:, None] * te)[:, :, None] * basis
+    return (field_hz, r2star_s, *amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s))
+
+
+def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
+    """Least-squares water and fat (V, 2) for given ψ and R2* (V,), and the residual norm (V,)."""
+    xp = array_module(signal)
+    te = xp.asarray(echo_times_s, dtype=xp.float64)
+    design = xp.exp(field_hz[:, None] * (2j * xp.pi * te) - r2star_s[:, None] * te)[:, :, None] * basis
     amplitudes = _least_squares(design, signal)
     residual = xp.sqrt((xp.abs(signal - xp.einsum("vnm,vm->vn", design, amplitudes)) ** 2).sum(axis=1))
-    return field_hz, r2star_s, amplitudes, residual
+    return amplitudes, residual
+
+
+def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float):
+    """Signal-weighted Gaussian smoothing of the field map over each plane: ``G*(w·ψ) / G*(w)``.
+
+    The off-resonance is one smooth physical map across tissues, while its per-voxel estimate carries the
+    noise of few echoes into water and fat; dim voxels borrow from bright neighbours, not the reverse.
+
+    Parameters
+    ----------
+    field_hz : ndarray, shape (planes, y, x)
+        Per-voxel estimates, Hz.
+    weights : ndarray, shape (planes, y, x)
+        Voxel weights: the signal energy, to which the estimate's Fisher information is proportional.
+    period_hz : float or None
+        Alias period of ψ (uniform echo spacing): ψ is averaged as the phasor ``exp(2πiψ/period)`` so that
+        values either side of the period's edge average correctly; the result is returned within half a
+        period of each voxel's own ψ.
+    sigma_px : float
+        Gaussian σ, pixels.
+
+    Returns
+    -------
+    ndarray, shape (planes, y, x)
+    """
+    xp = array_module(field_hz)
+    ndimage = ndimage_module(xp)
+
+    def weighted_mean(values):
+        blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma_px, sigma_px))  # noqa: E731
+        return blur(weights * values) / xp.maximum(blur(weights), xp.finfo(xp.float64).tiny)
+
+    if not period_hz:
+        return weighted_mean(field_hz)
+    cycles = 2 * xp.pi * field_hz / period_hz
+    smoothed = (
+        xp.arctan2(weighted_mean(xp.sin(cycles)), weighted_mean(xp.cos(cycles))) * period_hz / (2 * xp.pi)
+    )
+    return smoothed + period_hz * xp.round((field_hz - smoothed) / period_hz)
 
 
 def _noise_variance(min_cost, energy, n_echo: int, xp) -> float:
@@ -382,9 +435,16 @@ def fit_fatwater(
     r2_0 = xp.asarray(r2_grid)[best_r2[xp.arange(labels.size), labels]]
 
     basis = xp.stack([xp.ones_like(phasor), phasor], axis=1)
-    field, r2star, amplitudes, residual = refine(
-        flat.astype(xp.complex128), te, basis, field0, r2_0, grid.step_hz, options
-    )
+    flat = flat.astype(xp.complex128)
+    field, r2star, amplitudes, residual = refine(flat, te, basis, field0, r2_0, grid.step_hz, options)
+    if options.field_smoothing_px > 0:
+        field = smooth_field_map(
+            field.reshape(planes.shape[:-1]),
+            energy.reshape(planes.shape[:-1]).astype(xp.float64),
+            grid.values_hz.size * grid.step_hz if grid.periodic else None,
+            options.field_smoothing_px,
+        ).reshape(-1)
+        amplitudes, residual = amplitudes_for(flat, te, basis, field, r2star)
 
     relative = residual / xp.where(norm > 0, norm, 1)
     quality = quality_flags(
