@@ -248,7 +248,7 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz:
     start = field_hz
     two_pi_i_t = 2j * xp.pi * te
     for _ in range(options.iterations):
-        design = xp.exp(field_hz[:, None] * two_pi_i_t - r2star_s[:, None] * te)[:, :, None] * basis
+        design = _design(te, basis, field_hz, r2star_s)
         amplitudes = _least_squares(design, signal)
         model = xp.einsum("vnm,vm->vn", design, amplitudes)
         residual = signal - model
@@ -272,11 +272,16 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz:
     return (field_hz, r2star_s, *amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s))
 
 
+def _design(te, basis, field_hz, r2star_s):
+    """Per-voxel model matrices (V, n, 2): the water and fat columns, rotated by ψ and decayed by R2*."""
+    xp = array_module(te)
+    return xp.exp(field_hz[:, None] * (2j * xp.pi * te) - r2star_s[:, None] * te)[:, :, None] * basis
+
+
 def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     """Least-squares water and fat (V, 2) for given ψ and R2* (V,), and the residual norm (V,)."""
     xp = array_module(signal)
-    te = xp.asarray(echo_times_s, dtype=xp.float64)
-    design = xp.exp(field_hz[:, None] * (2j * xp.pi * te) - r2star_s[:, None] * te)[:, :, None] * basis
+    design = _design(xp.asarray(echo_times_s, dtype=xp.float64), basis, field_hz, r2star_s)
     amplitudes = _least_squares(design, signal)
     residual = xp.sqrt((xp.abs(signal - xp.einsum("vnm,vm->vn", design, amplitudes)) ** 2).sum(axis=1))
     return amplitudes, residual
