@@ -70,7 +70,8 @@ def two_basin_cost(truth, shift, n_labels, truth_cost, alias_cost):
     return cost
 
 
-def test_island_on_the_alias_rejoins_its_surroundings():
+@pytest.mark.parametrize("periodic", [True, False])
+def test_island_on_the_alias_rejoins_its_surroundings(periodic):
     n_labels, shift = 64, 20
     truth = (np.arange(12)[None, :] + np.arange(10)[:, None]) // 3 + 10  # a smooth ramp
     cost = two_basin_cost(truth, shift, n_labels, truth_cost=0.0, alias_cost=1.0)
@@ -81,7 +82,9 @@ def test_island_on_the_alias_rejoins_its_surroundings():
     weights = np.ones(truth.shape)
     start = truth.copy()
     start[island] += shift
-    moved = flip_regions(cost, start, weights, (shift, -shift), max_rounds=10, **PENALTY)
+    penalty = {**PENALTY, "periodic": periodic}
+    # Near the top of a non-periodic grid one of the shifts leaves it: that move is never taken.
+    moved = flip_regions(cost, start, weights, (shift, -shift, 50), max_rounds=10, **penalty)
     assert np.array_equal(moved, truth)
     assert field_energy(cost, moved, weights) < field_energy(cost, start, weights)
 

@@ -289,7 +289,8 @@ def _best_nearby(cost: np.ndarray, centre: np.ndarray, window: int, periodic: bo
     inside = (candidates >= 0) & (candidates < n_labels)
     values = np.where(inside, cost[np.arange(n_vox)[:, None], np.clip(candidates, 0, n_labels - 1)], np.inf)
     best = values.argmin(axis=1)
-    return candidates[np.arange(n_vox), best], values[np.arange(n_vox), best]
+    # Off the grid (no candidate inside) the cost is +inf and the label is clipped onto the grid.
+    return np.clip(candidates[np.arange(n_vox), best], 0, n_labels - 1), values[np.arange(n_vox), best]
 
 
 def flip_regions(
@@ -346,11 +347,12 @@ def flip_regions(
     flat_weights = weights.ravel()
     pair_weight = distance_weight * np.minimum(flat_weights[first], flat_weights[second])
 
+    # The penalty depends only on the label difference: look it up (differences offset to be ≥ 0).
+    differences = np.arange(-(n_labels - 1), n_labels)
+    table = field_penalty(differences, n_labels, periodic, free_labels, penalty_per_label, max_penalty)
+
     def penalty(first_labels, second_labels):
-        change = first_labels - second_labels
-        return pair_weight * field_penalty(
-            change, n_labels, periodic, free_labels, penalty_per_label, max_penalty
-        )
+        return pair_weight * table[first_labels - second_labels + n_labels - 1]
 
     window = max(free_labels, 1)
     current, current_cost = _best_nearby(flat_cost, labels.ravel(), window, periodic)
