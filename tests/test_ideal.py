@@ -136,17 +136,15 @@ def mosaic_image(te, r2star, snr, rng):
 
 
 def statistics_asserted(protocol: str, snr: float, r2: float) -> bool:
-    """Whether bias and SD are asserted for a cell (swaps are asserted everywhere but one cell).
+    """Whether bias and SD are asserted for a cell (swaps are asserted in every cell).
 
-    At R2* 300 s⁻¹ the fit is not yet at the bound everywhere: on the 10-echo protocol SD(R2*) reaches
-    1.6–1.9× the bound (PDFF 50–80 % at SNR 50, every PDFF at SNR 20, where R2* bias reaches ~10 s⁻¹),
-    and 6-echo cells sit near the limits within sampling error. Those rows are printed, not asserted.
+    At R2* 300 s⁻¹ the fit is not yet within the limits everywhere: on the 10-echo protocol SD(R2*)
+    reaches 1.6–1.9× the bound (PDFF 50–80 % at SNR 50, every PDFF at SNR 20, where the R2* bias reaches
+    ~10 s⁻¹ and the PDFF bias 1.5–3.6 points); the estimates' distribution has a heavy tail there (its
+    robust spread is within the bound). Two 6-echo cells miss by sampling-error margins. Those rows are
+    printed, not asserted.
     """
     return r2 <= 100
-
-
-def swaps_asserted(protocol: str, snr: float, r2: float) -> bool:
-    return not (protocol == "10-echo" and snr < 50 and r2 >= 300)
 
 
 def test_monte_carlo_against_cramer_rao_bound():
@@ -181,8 +179,7 @@ def test_monte_carlo_against_cramer_rao_bound():
                 and row["r2_sd_ratio"] < 1.25
             )
             checked = statistics_asserted(protocol, snr, r2)
-            swaps_checked = swaps_asserted(protocol, snr, r2)
-            failed = (checked and not statistics_ok) or (swaps_checked and swaps > 0)
+            failed = (checked and not statistics_ok) or swaps > 0
             verdict = "FAIL" if failed else "ok" if statistics_ok and swaps == 0 else "not asserted"
             rows.append(
                 f"{protocol:>7} SNR {snr:3.0f} R2* {r2:4.0f} PDFF {100 * pdff:5.1f}%  "
