@@ -1,0 +1,454 @@
+"""The model card: what a segmentation model needs to be run correctly, shipped as a file beside its weights.
+
+A card names the model's input contrasts and how each is normalised, the voxel spacing and patch size it
+was trained at, its label ids and names, its architecture (for state-dict weights) and its weights file,
+with free-form training provenance. It is read from JSON or TOML and written as JSON::
+
+    {
+      "card_version": 1,
+      "name": "body-unet", "version": "0.1.0",
+      "inputs": ["water", "fat"],
+      "normalisation": [{"window": [0.0, 1000.0]}, {"zscore": true}],
+      "spacing_mm": [3.0, 2.2, 2.2],
+      "patch_size": [32, 128, 128],
+      "labels": {"0": "background", "1": "subcutaneous_fat", "4": "liver"},
+      "architecture": {"channels": [16, 32, 64]},
+      "weights": "body-unet.pt", "format": "state_dict",
+      "training": {"seed": 0, "epochs": 50}
+    }
+
+Reading is strict, as in :mod:`cohortscale.config`: an unknown key, a wrong type or an inconsistent value
+raises :class:`ModelCardError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+#: Contrasts a model may take as input channels (the fused Dixon volumes and the fat fraction, 0–1).
+INPUT_CHANNELS = ("water", "fat", "in_phase", "opposed_phase", "fat_fraction")
+
+#: How the weights file is stored: a TorchScript module, or a state dict for ``architecture``.
+WEIGHT_FORMATS = ("torchscript", "state_dict")
+
+#: Suffixes accepted for the weights file.
+WEIGHT_SUFFIXES = (".pt", ".pth")
+
+#: The card format this module reads and writes.
+CARD_VERSION = 1
+
+#: Name that label id 0 must carry.
+BACKGROUND = "background"
+
+#: Card file formats :meth:`ModelCard.load` reads, by suffix.
+CARD_SUFFIXES = (".json", ".toml")
+
+
+class ModelCardError(ValueError):
+    """A model card is invalid; the message names the file (when read from one) and the field."""
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _sequence(value: Any, name: str) -> tuple[Any, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ModelCardError(f"{name}: expected a list, got {value!r}")
+    return tuple(value)
+
+
+def _triple(value: Any, name: str, kind: type) -> tuple[Any, Any, Any]:
+    """Three positive numbers (``kind`` float or int), e.g. a spacing or a patch size in (z, y, x)."""
+    items = _sequence(value, name)
+    check = _is_int if kind is int else _is_real
+    if len(items) != 3 or not all(check(v) and math.isfinite(v) and v > 0 for v in items):
+        what = "integers" if kind is int else "numbers"
+        raise ModelCardError(f"{name}: expected three positive {what} (z, y, x), got {list(items)!r}")
+    return tuple(kind(v) for v in items)  # type: ignore[return-value]
+
+
+def _json_dict(value: Any, name: str) -> dict[str, Any]:
+    """A JSON-ready copy of a free-form table (tuples become lists), so a card equals its round trip."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ModelCardError(f"{name}: expected a table with string keys, got {value!r}")
+    try:
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ModelCardError(f"{name}: not representable in JSON ({exc})") from None
+
+
+def _label_id(key: Any) -> int:
+    if _is_int(key) and key >= 0:
+        return int(key)
+    if isinstance(key, str) and re.fullmatch(r"\d+", key.strip()):
+        return int(key)
+    raise ModelCardError(f"labels: id {key!r} is not a non-negative integer")
+
+
+def _version_error(version: Any) -> ModelCardError:
+    return ModelCardError(
+        f"card_version: {version!r} is not a version this cohortscale reads ({CARD_VERSION})"
+    )
+
+
+def _check_keys(values: Mapping[str, Any], cls: type, required: set[str]) -> None:
+    """Typo protection: every key must be a field of ``cls``, and the ``required`` ones present."""
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(known), key=str)
+    if unknown:
+        raise ModelCardError(f"unknown key(s) {unknown}; known keys: {known}")
+    missing = sorted(required - set(values))
+    if missing:
+        raise ModelCardError(f"missing required key(s) {missing}")
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Intensity normalisation of one input channel: a fixed window, or a z-score over the channel.
+
+    Exactly one mode is set.
+
+    Attributes
+    ----------
+    window : tuple of float (lo, hi) or None
+        Clip to [lo, hi], in the channel's units (signal units; 0–1 for ``fat_fraction``), then map
+        linearly to [0, 1]. Requires lo < hi.
+    zscore : bool
+        Subtract the channel's mean and divide by its standard deviation, both over the whole channel
+        volume being normalised.
+    """
+
+    window: tuple[float, float] | None = None
+    zscore: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window is not None:
+            lo_hi = _sequence(self.window, "window")
+            if len(lo_hi) != 2 or not all(_is_real(v) and math.isfinite(v) for v in lo_hi):
+                raise ModelCardError(f"window: expected two finite numbers [lo, hi], got {self.window!r}")
+            if not lo_hi[0] < lo_hi[1]:
+                raise ModelCardError(f"window: lo must be below hi, got {list(lo_hi)!r}")
+            object.__setattr__(self, "window", (float(lo_hi[0]), float(lo_hi[1])))
+        if not isinstance(self.zscore, bool | np.bool_):
+            raise ModelCardError(f"zscore: expected true or false, got {self.zscore!r}")
+        object.__setattr__(self, "zscore", bool(self.zscore))
+        if (self.window is None) == (not self.zscore):
+            raise ModelCardError("set exactly one of window and zscore")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Normalisation:
+        """From a card's table, e.g. ``{"window": [0, 1000]}`` or ``{"zscore": true}``."""
+        if not isinstance(values, Mapping):
+            raise ModelCardError(f'expected a table such as {{"zscore": true}}, got {values!r}')
+        _check_keys(values, cls, set())
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's table of this normalisation: only the mode in use."""
+        return {"window": list(self.window)} if self.window is not None else {"zscore": True}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """Everything needed to run a segmentation model on cohort volumes. Keyword arguments only.
+
+    Sequences may be given as lists and label ids as digit strings; they are stored as tuples and ints.
+    Every field is validated on construction (:class:`ModelCardError`, naming the field).
+
+    Attributes
+    ----------
+    name : str
+        Model name.
+    version : str
+        Model version (free text, e.g. ``"0.1.0"``).
+    inputs : tuple of str
+        Input channels in order, each one of :data:`INPUT_CHANNELS`, without repeats.
+    normalisation : tuple of Normalisation
+        One per input channel, in the same order (tables are accepted and converted).
+    spacing_mm : tuple of float
+        Voxel spacing the model expects, (z, y, x), mm; volumes are resampled to it before inference.
+    patch_size : tuple of int
+        Patch shape the model was trained on, (z, y, x), voxels.
+    labels : dict of int to str
+        Output class id → name, sorted by id. Id 0 is ``"background"``; ids are non-negative and names
+        unique. The synthetic cohort's classes are :data:`cohortscale.synth.labels.LABEL_NAMES`.
+    weights : str
+        File name of the weights, relative to the card's folder (``.pt`` or ``.pth``).
+    format : str
+        ``"torchscript"`` (a scripted module; ``architecture`` may be empty) or ``"state_dict"`` (weights
+        for the network that ``architecture`` describes; it must not be empty).
+    architecture : dict
+        Free-form JSON table describing the network, e.g. a UNet config.
+    description : str or None
+        Free text.
+    training : dict
+        Free-form JSON provenance: data, seed, epochs, command…
+    card_version : int
+        Card format version; only :data:`CARD_VERSION` is read.
+    """
+
+    name: str
+    version: str
+    inputs: tuple[str, ...]
+    normalisation: tuple[Normalisation, ...]
+    spacing_mm: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    labels: dict[int, str] = field(hash=False)
+    architecture: dict[str, Any] = field(default_factory=dict, hash=False)
+    weights: str
+    format: str
+    description: str | None = None
+    training: dict[str, Any] = field(default_factory=dict, hash=False)
+    card_version: int = CARD_VERSION
+
+    def __post_init__(self) -> None:
+        def store(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not _is_int(self.card_version) or self.card_version != CARD_VERSION:
+            raise _version_error(self.card_version)
+        for name in ("name", "version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ModelCardError(f"{name}: expected a non-empty string, got {value!r}")
+        if self.description is not None and not isinstance(self.description, str):
+            raise ModelCardError(f"description: expected a string, got {self.description!r}")
+
+        inputs = _sequence(self.inputs, "inputs")
+        if not inputs:
+            raise ModelCardError("inputs: at least one input channel is needed")
+        for item in inputs:
+            if item not in INPUT_CHANNELS:
+                raise ModelCardError(f"inputs: {item!r} is not one of {list(INPUT_CHANNELS)}")
+        if len(set(inputs)) != len(inputs):
+            raise ModelCardError(f"inputs: a channel is repeated in {list(inputs)}")
+        store("inputs", inputs)
+
+        normalisation = []
+        for i, item in enumerate(_sequence(self.normalisation, "normalisation")):
+            try:
+                normalisation.append(
+                    item if isinstance(item, Normalisation) else Normalisation.from_dict(item)
+                )
+            except ModelCardError as exc:
+                raise ModelCardError(f"normalisation[{i}]: {exc}") from None
+        if len(normalisation) != len(inputs):
+            raise ModelCardError(
+                f"normalisation: {len(normalisation)} entries for {len(inputs)} inputs {list(inputs)}; "
+                "give one per input"
+            )
+        store("normalisation", tuple(normalisation))
+
+        store("spacing_mm", _triple(self.spacing_mm, "spacing_mm", float))
+        store("patch_size", _triple(self.patch_size, "patch_size", int))
+        store("labels", self._checked_labels())
+
+        if not isinstance(self.format, str) or self.format not in WEIGHT_FORMATS:
+            raise ModelCardError(f"format: {self.format!r} is not one of {list(WEIGHT_FORMATS)}")
+        store("architecture", _json_dict(self.architecture, "architecture"))
+        if self.format == "state_dict" and not self.architecture:
+            raise ModelCardError("architecture: a state_dict model needs the architecture its weights fit")
+        store("training", _json_dict(self.training, "training"))
+        self._check_weights()
+
+    def _checked_labels(self) -> dict[int, str]:
+        if not isinstance(self.labels, Mapping):
+            raise ModelCardError(f"labels: expected a table of id = name, got {self.labels!r}")
+        labels: dict[int, str] = {}
+        for key, label in self.labels.items():
+            label_id = _label_id(key)
+            if label_id in labels:
+                raise ModelCardError(f"labels: id {label_id} appears twice")
+            if not isinstance(label, str) or not label.strip():
+                raise ModelCardError(
+                    f"labels: name of id {label_id} must be a non-empty string, got {label!r}"
+                )
+            labels[label_id] = label
+        if labels.get(0) != BACKGROUND:
+            raise ModelCardError(f"labels: id 0 must be {BACKGROUND!r}, got {labels.get(0)!r}")
+        if len(labels) < 2:
+            raise ModelCardError("labels: background and at least one class are needed")
+        names = list(labels.values())
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ModelCardError(f"labels: name(s) {repeated} given to more than one id")
+        return dict(sorted(labels.items()))
+
+    def _check_weights(self) -> None:
+        weights = self.weights
+        if not isinstance(weights, str) or not weights.strip():
+            raise ModelCardError(f"weights: expected a file name, got {weights!r}")
+        if PurePosixPath(weights).is_absolute() or PureWindowsPath(weights).is_absolute():
+            raise ModelCardError(f"weights: {weights!r} must be relative to the card's folder")
+        if PurePosixPath(weights).suffix.lower() not in WEIGHT_SUFFIXES:
+            raise ModelCardError(f"weights: {weights!r} should end in one of {list(WEIGHT_SUFFIXES)}")
+
+    @property
+    def label_ids(self) -> tuple[int, ...]:
+        """The label ids, ascending."""
+        return tuple(self.labels)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelCard:
+        """A card from a parsed JSON or TOML document (label keys may be strings).
+
+        Raises
+        ------
+        ModelCardError
+            On an unknown or missing key, or any invalid field (the message names the field).
+        """
+        if not isinstance(values, Mapping):
+            raise ModelCardError(f"expected a table of card fields, got {type(values).__name__}")
+        version = values.get("card_version", CARD_VERSION)
+        if version != CARD_VERSION:  # before the key check: a newer card may have new keys
+            raise _version_error(version)
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        _check_keys(values, cls, required)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the card: tuples as lists, label ids as strings, no None ``description``."""
+        out: dict[str, Any] = {
+            "card_version": self.card_version,
+            "name": self.name,
+            "version": self.version,
+        }
+        if self.description is not None:
+            out["description"] = self.description
+        out |= {
+            "inputs": list(self.inputs),
+            "normalisation": [n.to_dict() for n in self.normalisation],
+            "spacing_mm": list(self.spacing_mm),
+            "patch_size": list(self.patch_size),
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "architecture": self.architecture,
+            "weights": self.weights,
+            "format": self.format,
+            "training": self.training,
+        }
+        return out
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the card as JSON (UTF-8, indented) and return its path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        """Read a card from a ``.json`` or ``.toml`` file.
+
+        In TOML, labels are a table with integer-looking keys (``[labels]`` then ``0 = "background"``) and
+        normalisations an array of tables (``[[normalisation]]`` then ``window = [0.0, 1000.0]``).
+
+        Raises
+        ------
+        ModelCardError
+            When the file is not valid JSON/TOML or the card is invalid; the message starts with the file
+            and names the field, e.g. ``model.json: inputs: 'fatfrac' is not one of [...]``.
+        FileNotFoundError
+            When the file does not exist.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in CARD_SUFFIXES:
+            raise ModelCardError(f"{path}: a model card must be one of {list(CARD_SUFFIXES)} files")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if suffix == ".json":
+                try:
+                    values = json.loads(text, object_pairs_hook=_unique_keys)
+                except json.JSONDecodeError as exc:
+                    raise ModelCardError(f"not valid JSON ({exc})") from None
+            else:
+                try:
+                    values = tomllib.loads(text)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ModelCardError(f"not valid TOML ({exc})") from None
+            return cls.from_dict(values)
+        except ModelCardError as exc:
+            raise ModelCardError(f"{path}: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON object hook that rejects repeated keys (``json`` would keep the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ModelCardError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def weights_path(card_path: str | Path, card: ModelCard) -> Path:
+    """The weights file of ``card``, which lies relative to the folder of the card file ``card_path``.
+
+    The path is not checked for existence: loading it reports a missing file.
+    """
+    return Path(card_path).parent / card.weights
+
+
+def normalise(image: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Normalise each input channel as the card says, for the model.
+
+    Parameters
+    ----------
+    image : ndarray, shape (C, Z, Y, X)
+        Input volumes stacked in the order of ``card.inputs`` (any trailing shape is accepted), in their
+        own units (signal units; fat fraction 0–1).
+    card : ModelCard
+        Its ``normalisation`` gives each channel's mode.
+
+    Returns
+    -------
+    ndarray, float32, same shape
+        Window channels clipped to [lo, hi] and mapped to [0, 1]; z-score channels as ``(x − mean) / std``
+        over the channel (all zeros where std is 0). NaN voxels (e.g. a fat fraction where there is no
+        signal) become 0 and do not enter the z-score statistics; ±inf clip to the window's ends.
+
+    Raises
+    ------
+    ValueError
+        When the number of channels differs from ``len(card.inputs)``.
+    """
+    image = np.asarray(image)
+    if image.ndim < 1 or image.shape[0] != len(card.inputs):
+        raise ValueError(
+            f"image of shape {image.shape} must have {len(card.inputs)} channels first ({list(card.inputs)})"
+        )
+    out = np.empty(image.shape, dtype=np.float32)
+    for channel, mode, target in zip(image, card.normalisation, out, strict=True):
+        target[...] = channel
+        if mode.window is not None:
+            lo, hi = mode.window
+            np.clip(target, lo, hi, out=target)
+            target -= lo
+            target /= hi - lo
+            np.nan_to_num(target, copy=False, nan=0.0)
+        else:
+            finite = np.isfinite(target)
+            values = target if finite.all() else target[finite]
+            mean = values.mean(dtype=np.float64) if values.size else 0.0
+            std = values.std(dtype=np.float64) if values.size else 0.0
+            if std > 0:
+                target -= mean
+                target /= std
+                target[~finite] = 0.0
+            else:
+                target[...] = 0.0
+    return out
