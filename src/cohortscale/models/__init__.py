@@ -10,24 +10,49 @@ from cohortscale.models.metrics import (
     mean_iou,
     overlap_table,
 )
+from cohortscale.models.preprocess import (
+    PreparedGeometry,
+    assemble_channels,
+    channel_lookup,
+    label_lookup,
+    prepare_input,
+    read_fused,
+    restore,
+    spacing_from_affine,
+)
+from cohortscale.models.sampling import PatchSampler
+from cohortscale.models.train import TrainConfig, TrainHistory, dice_ce_loss, train
 from cohortscale.models.unet import UNet3D, UNetConfig, count_parameters
 
 __all__ = [
     "ModelCard",
     "ModelCardError",
     "Normalisation",
+    "PatchSampler",
+    "PreparedGeometry",
+    "TrainConfig",
+    "TrainHistory",
     "UNet3D",
     "UNetConfig",
+    "assemble_channels",
+    "channel_lookup",
     "confusion_matrix",
     "count_parameters",
+    "dice_ce_loss",
     "dice_per_class",
     "gaussian_importance",
     "iou_per_class",
+    "label_lookup",
     "mean_dice",
     "mean_iou",
     "normalise",
     "overlap_table",
     "patch_starts",
+    "prepare_input",
+    "read_fused",
+    "restore",
     "sliding_window_inference",
+    "spacing_from_affine",
+    "train",
     "weights_path",
 ]
