@@ -126,6 +126,8 @@ def _run_config(config_file: str | None, sets: tuple[str, ...], **options: objec
         "scheduler": "cluster.scheduler",
         "gpus": "cluster.gpus",
         "batch_size": "engine.batch_size",
+        "card": "segmentation.card",
+        "device": "segmentation.device",
     }
     given = {keys[k]: v for k, v in options.items() if v not in (None, False)}
     try:
@@ -195,6 +197,39 @@ def fit(store: str, strict: bool, config_file: str | None, sets: tuple[str, ...]
         raise click.UsageError(str(exc)) from exc
     click.echo(str(report))
     _exit_if_unsettled(strict, store, "fitting")
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--card",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Model card (JSON or TOML) beside its weights file; required for now (no default model yet).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    help="Where the network runs (auto: a worker's GPU when torch sees one).  [default: auto]",
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any visit is quarantined or failed.")
+@_cluster_options
+def segment(
+    store: str, strict: bool, config_file: str | None, sets: tuple[str, ...], **options: object
+) -> None:
+    """Segment the fused volumes of every fused visit in STORE with a model (resumable).
+
+    Writes labels/<model name>: the card's label ids (uint8, 0 background) on the fused grid, e.g.
+    --card model.json --set segmentation.overlap=0.25, segmentation.batch_size=2; a changed card or
+    weights file segments every visit again."""
+    from cohortscale.pipeline.segmentation import run_segmentation
+
+    run = _run_config(config_file, sets, **options)
+    try:
+        report = run_segmentation(store, run.segmentation, run.engine, run.cluster)
+    except ValueError as exc:  # no card, a bad card or weights, a store not fused yet
+        raise click.UsageError(str(exc)) from exc
+    click.echo(str(report))
+    _exit_if_unsettled(strict, store, "segmentation")
 
 
 def _exit_if_unsettled(strict: bool, store: str, stage: str) -> None:

@@ -1,7 +1,16 @@
-"""Segmentation networks: the 3D U-Net, sliding-window inference, model cards and overlap metrics."""
+"""Segmentation networks: the 3D U-Net, sliding-window inference, model cards and loading, overlap metrics."""
 
 from cohortscale.models.card import ModelCard, ModelCardError, Normalisation, normalise, weights_path
 from cohortscale.models.inference import gaussian_importance, patch_starts, sliding_window_inference
+from cohortscale.models.loading import (
+    LoadedModel,
+    ModelLoadError,
+    cached_model,
+    clear_model_cache,
+    load_model,
+    segment_volume,
+    torch_device,
+)
 from cohortscale.models.metrics import (
     confusion_matrix,
     dice_per_class,
@@ -25,8 +34,10 @@ from cohortscale.models.train import TrainConfig, TrainHistory, dice_ce_loss, tr
 from cohortscale.models.unet import UNet3D, UNetConfig, count_parameters
 
 __all__ = [
+    "LoadedModel",
     "ModelCard",
     "ModelCardError",
+    "ModelLoadError",
     "Normalisation",
     "PatchSampler",
     "PreparedGeometry",
@@ -35,7 +46,9 @@ __all__ = [
     "UNet3D",
     "UNetConfig",
     "assemble_channels",
+    "cached_model",
     "channel_lookup",
+    "clear_model_cache",
     "confusion_matrix",
     "count_parameters",
     "dice_ce_loss",
@@ -43,6 +56,7 @@ __all__ = [
     "gaussian_importance",
     "iou_per_class",
     "label_lookup",
+    "load_model",
     "mean_dice",
     "mean_iou",
     "normalise",
@@ -51,8 +65,10 @@ __all__ = [
     "prepare_input",
     "read_fused",
     "restore",
+    "segment_volume",
     "sliding_window_inference",
     "spacing_from_affine",
+    "torch_device",
     "train",
     "weights_path",
 ]

@@ -4,6 +4,7 @@ from cohortscale.pipeline.cluster import ClusterConfig, connect
 from cohortscale.pipeline.engine import EngineConfig, Outcome, Stage, StageReport, Visit, run_stage
 from cohortscale.pipeline.fitting import FittingConfig, run_fitting
 from cohortscale.pipeline.fusion import FusionConfig, run_fusion
+from cohortscale.pipeline.segmentation import SegmentationConfig, run_segmentation
 
 __all__ = [
     "ClusterConfig",
@@ -11,11 +12,13 @@ __all__ = [
     "FittingConfig",
     "FusionConfig",
     "Outcome",
+    "SegmentationConfig",
     "Stage",
     "StageReport",
     "Visit",
     "connect",
     "run_fitting",
     "run_fusion",
+    "run_segmentation",
     "run_stage",
 ]

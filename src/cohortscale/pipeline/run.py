@@ -9,6 +9,7 @@ from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.fitting import FittingConfig
 from cohortscale.pipeline.fusion import FusionConfig
 from cohortscale.pipeline.ingest import IngestConfig
+from cohortscale.pipeline.segmentation import SegmentationConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class RunConfig:
         Fused grid, blending, ghost trimming, fat–water swap handling and device of the fusion stage.
     fitting : FittingConfig
         Fat spectrum, phase sign, combination of dynamics, fit options and device of the fitting stage.
+    segmentation : SegmentationConfig
+        Model card, device, patches per network call and patch overlap of the segmentation stage.
     """
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -34,3 +37,4 @@ class RunConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     fitting: FittingConfig = field(default_factory=FittingConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
