@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -230,6 +231,135 @@ def segment(
         raise click.UsageError(str(exc)) from exc
     click.echo(str(report))
     _exit_if_unsettled(strict, store, "segmentation")
+
+
+#: ``cohortscale train`` options → settings of ``DefaultTrainingConfig`` (dotted for its sections).
+TRAIN_OPTIONS = {
+    "epochs": "train.epochs",
+    "steps_per_epoch": "train.steps_per_epoch",
+    "validation_fraction": "validation_fraction",
+    "seed": "train.seed",
+    "spacing": "spacing_mm",
+    "patch": "train.patch_size",
+    "base_width": "model.base_width",
+    "depth": "model.depth",
+    "device": "device",
+}
+
+
+def _flat_settings(values: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """Dotted key → value of a nested settings dict."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat_settings(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _setting_text(value: object) -> str:
+    """A setting as ``--set`` and the options read it back (lists comma-separated, None as ``none``)."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _train_command(cohort: str, store: str, out: str, config: object) -> str:
+    """The ``cohortscale train`` command line that gives ``config``: every option, and ``--set`` for the
+    other settings that differ from the defaults."""
+    from cohortscale.config import config_to_dict
+    from cohortscale.models.default import DefaultTrainingConfig
+
+    settings = _flat_settings(config_to_dict(config))
+    defaults = _flat_settings(config_to_dict(DefaultTrainingConfig()))
+    words = ["cohortscale", "train", "--cohort", cohort, "--store", store, "--out", out]
+    for option, key in TRAIN_OPTIONS.items():
+        words += [f"--{option.replace('_', '-')}", _setting_text(settings[key])]
+    for key, value in settings.items():
+        if key not in TRAIN_OPTIONS.values() and value != defaults.get(key):
+            words += ["--set", f"{key}={_setting_text(value)}"]
+    return shlex.join(words)
+
+
+@main.command()
+@click.option(
+    "--cohort",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Synthetic cohort directory (its truth/ labels are the targets).",
+)
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Its cohort store after fusion (the inputs).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Model folder: card, weights, history.json, checkpoints/ (resumed from).",
+)
+@click.option("--epochs", type=int, help="Epochs in all, resumed ones included.  [default: 50]")
+@click.option("--steps-per-epoch", type=int, help="Optimiser steps per epoch.  [default: 50]")
+@click.option(
+    "--validation-fraction", type=float, help="Share of participants held out, in (0, 1).  [default: 0.2]"
+)
+@click.option("--seed", type=int, help="Seed of the split, initial weights and patches.  [default: 0]")
+@click.option("--spacing", metavar="Z,Y,X", help="Model voxel spacing, mm.  [default: 12,9,9]")
+@click.option("--patch", metavar="Z,Y,X", help="Patch size, voxels.  [default: 32,40,48]")
+@click.option("--base-width", type=int, help="Feature channels of the U-Net's top level.  [default: 16]")
+@click.option("--depth", type=int, help="Resolution levels of the U-Net.  [default: 4]")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    help="Where to train (auto: a GPU when torch sees one).  [default: auto]",
+)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML settings.")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting, e.g. train.learning_rate=3e-4."
+)
+def train(
+    cohort: str, store: str, out: str, config_file: str | None, sets: tuple[str, ...], **options: object
+) -> None:
+    """Train the default body model on a synthetic cohort's fused visits (resumable).
+
+    Holds out whole participants for validation, writes OUT/<name>.json (card), the best epoch's weights
+    and history.json, and prints the validation Dice per class on the fused grid; then
+    cohortscale segment STORE --card OUT/<name>.json runs it. Settings: name, version, spacing_mm,
+    validation_fraction, device, train.* (e.g. train.learning_rate, train.batch_size) and model.* (e.g.
+    model.residual, model.dropout)."""
+    from cohortscale.models.default import DefaultTrainingConfig, train_default_model
+
+    given = {TRAIN_OPTIONS[k]: v for k, v in options.items() if v is not None}
+    try:
+        config = load_config(DefaultTrainingConfig, config_file, given, base=DefaultTrainingConfig())
+        config = load_config(DefaultTrainingConfig, overrides=list(sets), base=config)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc).strip("'\"")) from exc
+    command = _train_command(cohort, store, out, config)
+    try:
+        result = train_default_model(cohort, store, out, config, command=command, progress=True)
+    except ValueError as exc:  # no usable visit, grids that differ, checkpoints of other settings
+        raise click.UsageError(str(exc)) from exc
+    participants = {key.rpartition("_")[0] for key in result.validation_keys}
+    click.echo(
+        f"trained {config.name} {config.version} on {len(result.training_keys)} visits, validated on "
+        f"{len(result.validation_keys)} ({len(participants)} participant(s)); {len(result.history)} "
+        f"epoch(s), best epoch {result.best_epoch}"
+    )
+    click.echo("validation Dice per class at the best epoch (fused grid, mean over validation visits):")
+    click.echo(result.validation.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"mean Dice (foreground classes): {result.mean_dice:.3f}")
+    click.echo(f"card: {result.card_path}\nweights: {result.weights_path}\nhistory: {result.history_path}")
+    click.echo(
+        f"segment with: {shlex.join(['cohortscale', 'segment', store, '--card', str(result.card_path)])}"
+    )
+    click.echo(f"reproduce with: {command}")
 
 
 def _exit_if_unsettled(strict: bool, store: str, stage: str) -> None:

@@ -1,6 +1,18 @@
-"""Segmentation networks: the 3D U-Net, sliding-window inference, model cards and loading, overlap metrics."""
+"""Segmentation networks: the 3D U-Net, sliding-window inference, model cards and loading, overlap metrics,
+and the default model's label scheme, training data and training run."""
 
 from cohortscale.models.card import ModelCard, ModelCardError, Normalisation, normalise, weights_path
+from cohortscale.models.dataset import Example, TrainingDataError, split_by_participant, training_examples
+from cohortscale.models.default import (
+    DEFAULT_CLASSES,
+    VERTEBRAL_BODY_ID,
+    DefaultTrainingConfig,
+    TrainingResult,
+    class_lookup,
+    default_card,
+    scheme_labels,
+    train_default_model,
+)
 from cohortscale.models.inference import gaussian_importance, patch_starts, sliding_window_inference
 from cohortscale.models.loading import (
     LoadedModel,
@@ -34,6 +46,10 @@ from cohortscale.models.train import TrainConfig, TrainHistory, dice_ce_loss, tr
 from cohortscale.models.unet import UNet3D, UNetConfig, count_parameters
 
 __all__ = [
+    "DEFAULT_CLASSES",
+    "VERTEBRAL_BODY_ID",
+    "DefaultTrainingConfig",
+    "Example",
     "LoadedModel",
     "ModelCard",
     "ModelCardError",
@@ -43,14 +59,18 @@ __all__ = [
     "PreparedGeometry",
     "TrainConfig",
     "TrainHistory",
+    "TrainingDataError",
+    "TrainingResult",
     "UNet3D",
     "UNetConfig",
     "assemble_channels",
     "cached_model",
     "channel_lookup",
+    "class_lookup",
     "clear_model_cache",
     "confusion_matrix",
     "count_parameters",
+    "default_card",
     "dice_ce_loss",
     "dice_per_class",
     "gaussian_importance",
@@ -65,10 +85,14 @@ __all__ = [
     "prepare_input",
     "read_fused",
     "restore",
+    "scheme_labels",
     "segment_volume",
     "sliding_window_inference",
     "spacing_from_affine",
+    "split_by_participant",
     "torch_device",
     "train",
+    "train_default_model",
+    "training_examples",
     "weights_path",
 ]
