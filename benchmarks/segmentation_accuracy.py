@@ -1,0 +1,97 @@
+"""Accuracy of a body model on held-out synthetic participants: Dice and IoU per label, vertebral levels too.
+
+For every fused visit of a test cohort (generated with a seed the model never saw), the model segments the
+fused volume as the segmentation stage does (card pre-processing, sliding windows, scores back to the fused
+grid), the merged vertebral-body class is split into levels C3–S1 by counting
+(:func:`cohortscale.ops.vertebrae.label_vertebrae`), and each label is compared with the cohort's truth:
+Dice per label and visit, averaged over the visits that contain the label.
+
+Run: ``.venv/bin/python benchmarks/segmentation_accuracy.py --card MODEL.json --cohort DIR --store STORE``
+(the store fused on the cohort's grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cohortscale.io.store import open_store, participant_rows
+from cohortscale.models.dataset import TRUTH_GROUP, fused_visits, truth_path
+from cohortscale.models.default import VERTEBRAL_BODY_ID, class_lookup
+from cohortscale.models.loading import load_model, segment_volume
+from cohortscale.models.metrics import overlap_table
+from cohortscale.models.preprocess import read_fused, spacing_from_affine
+from cohortscale.ops.vertebrae import AnchorNotFoundError, label_vertebrae
+from cohortscale.synth.labels import LABEL_NAMES, VERTEBRA_IDS
+from common import write_results
+
+
+def truth_labels(cohort: Path, key: str) -> np.ndarray:
+    """The visit's truth on the fused grid: the model's classes, vertebral bodies kept by level."""
+    labels = zarr.open_group(truth_path(cohort, key), mode="r")[TRUTH_GROUP]["labels"][:]
+    mapped = class_lookup()[labels]
+    levels = np.isin(labels, VERTEBRA_IDS)
+    mapped[levels] = labels[levels]
+    return mapped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--card", type=Path, required=True)
+    parser.add_argument("--cohort", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--overlap", type=float, default=0.5)
+    args = parser.parse_args()
+    card, model = load_model(args.card)
+    names = {i: n for i, n in card.labels.items() if i not in (0, VERTEBRAL_BODY_ID)}
+    names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
+    tables, seconds, failures = [], [], []
+    root = open_store(args.store)
+    keys = fused_visits(args.store)
+    rows_of = participant_rows(root)
+    for key in keys:
+        arrays, affine = read_fused(root, rows_of[key], card.inputs)
+        start = time.perf_counter()
+        predicted = segment_volume(arrays, affine, card, model, "cpu", batch_size=2, overlap=args.overlap)
+        seconds.append(time.perf_counter() - start)
+        try:
+            predicted = label_vertebrae(
+                predicted, VERTEBRAL_BODY_ID, spacing_from_affine(affine), affine=affine
+            )
+        except AnchorNotFoundError as exc:
+            failures.append(f"{key}: {exc}")
+        table = overlap_table(predicted, truth_labels(args.cohort, key), names)
+        tables.append(table.assign(visit=key))
+        print(f"{key}: mean Dice {table['dice'].mean():.3f} in {seconds[-1]:.1f} s", flush=True)
+    every = pd.concat(tables)
+    per_label = every.groupby(["id", "name"], sort=True).agg(
+        dice=("dice", "mean"), iou=("iou", "mean"), visits=("dice", "count"), worst_dice=("dice", "min")
+    )
+    rows = [
+        {"id": int(i), "label": name, "visits": int(r.visits), "dice": round(r.dice, 3),
+         "iou": round(r.iou, 3), "worst_visit_dice": round(r.worst_dice, 3)}
+        for (i, name), r in per_label.iterrows()
+        if r.visits > 0
+    ]  # fmt: skip
+    vertebral = per_label.loc[per_label.index.get_level_values("id").isin(VERTEBRA_IDS)]
+    other = per_label.loc[~per_label.index.get_level_values("id").isin(VERTEBRA_IDS)]
+    summary = (
+        f"Model {card.name} {card.version} ({args.card.name}); test cohort {args.cohort} "
+        f"({len(keys)} fused visits). Mean Dice over the non-vertebral labels {other['dice'].mean():.3f}, "
+        f"over all labels {per_label['dice'].mean():.3f}; vertebral bodies by level: mean "
+        f"{vertebral['dice'].mean():.3f}, lowest {vertebral['dice'].min():.3f}. Inference "
+        f"{np.mean(seconds):.2f} s per visit on the CPU (sliding windows, overlap {args.overlap})."
+    )
+    print(summary)
+    write_results("segmentation_accuracy", rows, "\n\n".join([summary, *failures]))
+
+
+if __name__ == "__main__":
+    main()
