@@ -41,7 +41,7 @@ from cohortscale.models.unet import UNet3D, UNetConfig
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.fusion import FUSED, FusionConfig, run_fusion
-from cohortscale.pipeline.segmentation import SegmentationConfig, run_segmentation
+from cohortscale.pipeline.segmentation import SegmentationConfig, output_labels, run_segmentation
 from cohortscale.synth.acquisition import fused_shape_spacing
 from cohortscale.synth.labels import LABELS
 
@@ -227,7 +227,9 @@ def test_train_command_writes_a_model_the_stage_runs(
     assert (report.done, report.quarantined, report.failed) == (6, 0, 0), report
     labels = open_store(store, mode="r")["labels/body-unet"]
     assert labels.shape == open_store(store, mode="r")[f"{FUSED}/water"].shape
-    assert labels.attrs["labels"] == {str(k): v for k, v in card.labels.items()}
+    # The merged vertebral-body class is written as levels: their names join the card's.
+    assert labels.attrs["labels"] == {str(k): v for k, v in output_labels(card).items()}
+    assert "L3" in labels.attrs["labels"].values()
     assert set(np.unique(labels[0])) <= set(card.labels)
 
 

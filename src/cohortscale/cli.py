@@ -430,13 +430,16 @@ def export(
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a demo setting.")
 def demo(out: str, sets: tuple[str, ...]) -> None:
     """Run the main job on the embedded default: a synthetic cohort through the pipeline, and its report."""
+    from cohortscale.models.card import ModelCard
     from cohortscale.pipeline.cluster import ClusterConfig
     from cohortscale.pipeline.fitting import FittingConfig, run_fitting
     from cohortscale.pipeline.fusion import FusionConfig, run_fusion
     from cohortscale.pipeline.ingest import run_ingest
+    from cohortscale.pipeline.segmentation import SegmentationConfig, labels_path, run_segmentation
     from cohortscale.pipeline.status import status_html
     from cohortscale.report.fitting_report import fitting_html
     from cohortscale.report.fusion_report import fusion_html
+    from cohortscale.report.segmentation_report import segmentation_html
     from cohortscale.report.synth_report import write_synth_report
     from cohortscale.synth import synthesize
     from cohortscale.synth.acquisition import fused_shape_spacing
@@ -454,11 +457,18 @@ def demo(out: str, sets: tuple[str, ...]) -> None:
     click.echo(str(fusion_report))
     fitting_report = run_fitting(store, FittingConfig(phase_sign=config.phase_sign), cluster=cluster)
     click.echo(str(fitting_report))
+    segmentation = SegmentationConfig()  # the packaged default model
+    segmentation_report = run_segmentation(store, segmentation, cluster=cluster)
+    click.echo(str(segmentation_report))
+    labels = labels_path(ModelCard.load(segmentation.card_path()))
     sections = {
         "Ingest: bulk zips → cohort store": f"<p>{ingest_report}</p>" + status_html(store),
         "Fusion: six stations → one neck-to-knee volume": fusion_html(store, Path(out), fusion_report),
         "Fitting: multi-echo slices → PDFF, R2* and iron maps": fitting_html(
             store, Path(out), fitting_report
+        ),
+        "Segmentation: fused volumes → labels (packaged default model)": segmentation_html(
+            store, Path(out), segmentation_report, labels
         ),
     }
     report = write_synth_report(Path(out), sections)

@@ -68,6 +68,13 @@ RUN_ATTR = "segmentation_config"
 STAGE = "segmentation"
 UPSTREAM = "fusion"
 
+#: Card label name of a merged vertebral-body class: the stage names each body's level by counting
+#: (:func:`cohortscale.ops.vertebrae.label_vertebrae`), writing the levels' label ids instead.
+VERTEBRAL_BODY = "vertebral_body"
+
+#: The packaged default model's card (``cohortscale train`` on a synthetic cohort; see the README).
+DEFAULT_CARD = Path(__file__).resolve().parents[1] / "models" / "weights" / "body-unet.json"
+
 
 @dataclass(frozen=True)
 class SegmentationConfig:
@@ -77,8 +84,8 @@ class SegmentationConfig:
     ----------
     card : str, optional
         Path of the model card (JSON or TOML) beside its weights file (``--card`` or ``--set
-        segmentation.card=PATH``). ``None`` stands for the packaged default model, which does not exist
-        yet: a card must be given for now.
+        segmentation.card=PATH``). ``None`` stands for the packaged default model (:data:`DEFAULT_CARD`),
+        trained on the synthetic cohort by ``cohortscale train``.
     device : {"auto", "cpu", "gpu"}
         Where the network runs: a worker's CUDA GPU when torch sees one ("auto"), or forced.
     batch_size : int
@@ -108,13 +115,15 @@ class SegmentationConfig:
         Raises
         ------
         ValueError
-            When no card is set (no default model is packaged yet).
+            When no card is set and the packaged default model is missing.
         """
         if self.card is None or not str(self.card).strip():
-            raise ValueError(
-                "segmentation.card is not set, and cohortscale packages no default model yet: give a model "
-                "card (--card PATH or --set segmentation.card=PATH)"
-            )
+            if not DEFAULT_CARD.exists():
+                raise ValueError(
+                    f"segmentation.card is not set, and the packaged default model ({DEFAULT_CARD}) is "
+                    "missing: give a model card (--card PATH or --set segmentation.card=PATH)"
+                )
+            return DEFAULT_CARD
         return Path(self.card)
 
 
@@ -219,12 +228,21 @@ def segment_visit(
             f"{card.name} to segment",
         )
     labels = segment_volume(arrays, affine, card, model, device, config.batch_size, config.overlap)
+    levels_note = ""
+    body_id = _vertebral_body_id(card)
+    if body_id is not None and (labels == body_id).any():
+        from cohortscale.ops.vertebrae import AnchorNotFoundError, label_vertebrae
+
+        try:
+            labels = label_vertebrae(labels, body_id, spacing_from_affine(affine), affine=affine)
+        except AnchorNotFoundError as exc:
+            levels_note = f"; vertebral levels not assigned ({exc}), bodies kept as {VERTEBRAL_BODY}"
     root[path][row] = labels.astype(LABEL_DTYPE, copy=False)
     found = np.unique(labels)
     where = "GPU" if device.type == "cuda" else "CPU"
     message = (
         f"participant {visit.key}: segmented with {card.name} {card.version} on {where}; "
-        f"{found.size} of {len(card.labels)} labels present"
+        f"{found.size} label ids present{levels_note}"
     )
     absent = _absent_stations(root, row)
     if absent:
@@ -267,12 +285,28 @@ class SegmentationStage:
         return [segment_visit(root, v, loaded.card, loaded.model, device, self.config) for v in visits]
 
 
+def _vertebral_body_id(card: ModelCard) -> int | None:
+    """The card's label id of a merged vertebral-body class, if it has one (its levels are counted)."""
+    return next((i for i, name in card.labels.items() if name == VERTEBRAL_BODY), None)
+
+
+def output_labels(card: ModelCard) -> dict[int, str]:
+    """Label names of the written volumes: the card's, with a vertebral-body class expanded into levels."""
+    from cohortscale.synth.labels import LABEL_NAMES, VERTEBRA_IDS
+
+    names = dict(card.labels)
+    if _vertebral_body_id(card) is not None:
+        # Kept for visits whose levels could not be counted.
+        names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
+    return dict(sorted(names.items()))
+
+
 def _array_attrs(card: ModelCard, settings: dict[str, Any], config: SegmentationConfig) -> dict[str, Any]:
     """Label names, model identity and settings of a label array."""
     return {
         "units": "label id",
         "description": f"{card.name} {card.version} label per voxel of the fused grid (0: background)",
-        "labels": {str(k): v for k, v in card.labels.items()},
+        "labels": {str(k): v for k, v in output_labels(card).items()},
         "model": card.name,
         "model_version": card.version,
         "model_card": card.to_dict(),
