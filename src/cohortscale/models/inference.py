@@ -148,7 +148,7 @@ def sliding_window_inference(
                 total = torch.zeros((outputs.shape[1], *padded_shape), dtype=torch.float32, device=target)
                 weight = torch.zeros(padded_shape, dtype=torch.float32, device=target)
             for output, window in zip(outputs, batch_windows, strict=True):
-                total[(slice(None), *window)] += output * importance
+                total[(slice(None), *window)].addcmul_(output, importance)  # in place: no temporary
                 weight[window] += importance
     crop = tuple(slice(0, size) for size in spatial)
     return (total / weight)[(slice(None), *crop)]
