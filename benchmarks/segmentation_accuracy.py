@@ -67,8 +67,15 @@ def main() -> None:
             )
         except AnchorNotFoundError as exc:
             failures.append(f"{key}: {exc}")
-        table = overlap_table(predicted, truth_labels(args.cohort, key), names)
-        tables.append(table.assign(visit=key))
+        truth = truth_labels(args.cohort, key)
+        table = overlap_table(predicted, truth, names)
+        # All levels as one body class: the network's segmentation, apart from the counting.
+        bodies = overlap_table(
+            np.where(np.isin(predicted, [*VERTEBRA_IDS, VERTEBRAL_BODY_ID]), VERTEBRAL_BODY_ID, 0),
+            np.where(np.isin(truth, VERTEBRA_IDS), VERTEBRAL_BODY_ID, 0),
+            {VERTEBRAL_BODY_ID: "vertebral bodies, all levels as one"},
+        )
+        tables.append(pd.concat([table, bodies]).assign(visit=key))
         print(f"{key}: mean Dice {table['dice'].mean():.3f} in {seconds[-1]:.1f} s", flush=True)
     every = pd.concat(tables)
     per_label = every.groupby(["id", "name"], sort=True).agg(
@@ -80,12 +87,14 @@ def main() -> None:
         for (i, name), r in per_label.iterrows()
         if r.visits > 0
     ]  # fmt: skip
-    vertebral = per_label.loc[per_label.index.get_level_values("id").isin(VERTEBRA_IDS)]
-    other = per_label.loc[~per_label.index.get_level_values("id").isin(VERTEBRA_IDS)]
+    ids = per_label.index.get_level_values("id")
+    vertebral = per_label.loc[ids.isin(VERTEBRA_IDS)]
+    other = per_label.loc[~ids.isin([*VERTEBRA_IDS, VERTEBRAL_BODY_ID])]
+    merged = per_label.loc[ids == VERTEBRAL_BODY_ID, "dice"].mean()
     summary = (
         f"Model {card.name} {card.version} ({args.card.name}); test cohort {args.cohort} "
-        f"({len(keys)} fused visits). Mean Dice over the non-vertebral labels {other['dice'].mean():.3f}, "
-        f"over all labels {per_label['dice'].mean():.3f}; vertebral bodies by level: mean "
+        f"({len(keys)} fused visits). Mean Dice over the non-vertebral labels {other['dice'].mean():.3f}; "
+        f"vertebral bodies as one class {merged:.3f}; by level (counted from S1): mean "
         f"{vertebral['dice'].mean():.3f}, lowest {vertebral['dice'].min():.3f}. Inference "
         f"{np.mean(seconds):.2f} s per visit on the CPU (sliding windows, overlap {args.overlap})."
     )
