@@ -255,3 +255,31 @@ def test_printed_command_reproduces_the_settings(tmp_path: Path, monkeypatch: py
     assert config.spacing_mm == (24.0, 18.0, 18.0) and config.model.depth == 3
     again = CliRunner().invoke(main, shlex.split(command)[1:])
     assert again.exit_code == 2 and runs[-1] == (config, command)
+
+
+def test_train_synth_makes_its_own_cohort(tmp_path: Path) -> None:
+    """One command: generate, ingest and fuse a cohort in OUT/data, then train on it (tiny settings)."""
+    out = tmp_path / "model"
+    tiny = ["--epochs", "1", "--steps-per-epoch", "2", "--base-width", "4", "--depth", "2"]
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--synth",
+            "2",
+            "--scale",
+            "0.25",
+            "--out",
+            str(out),
+            "--validation-fraction",
+            "0.5",
+            *tiny,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "data" / "truth").is_dir() and (out / "data" / "cohort.zarr").is_dir()
+    card = ModelCard.load(out / "body-unet.json")
+    assert card.training["command"].startswith("cohortscale train --synth 2 --synth-seed 103 --scale 0.25")
+    for bad in (["--synth", "2", "--cohort", str(tmp_path)], []):
+        refused = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), *bad])
+        assert refused.exit_code == 2 and "--synth" in refused.output, refused.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from cohortscale.pipeline.run import RunConfig
 
 #: Where the demo writes its cohort store, inside its output folder.
 DEMO_STORE = "cohort.zarr"
+#: Folder of ``train --synth``'s generated cohort (and its store), inside the model folder.
+TRAINING_DATA = "data"
 #: Settings of the embedded demo: a small cohort at quarter scale where anomalies are common enough to see.
 DEMO_SETTINGS: dict[str, object] = {
     "participants": 8,
@@ -284,19 +287,43 @@ def _train_command(cohort: str, store: str, out: str, config: object) -> str:
     return shlex.join(words)
 
 
+def _training_cohort(out: str, participants: int, seed: int, scale: float) -> tuple[str, str]:
+    """Generate, ingest and fuse (each resumable) a synthetic training cohort in ``OUT/data``."""
+    from cohortscale.pipeline.fusion import FusionConfig, run_fusion
+    from cohortscale.pipeline.ingest import run_ingest
+    from cohortscale.synth import synthesize
+    from cohortscale.synth.acquisition import fused_shape_spacing
+
+    cohort, store = Path(out) / TRAINING_DATA, Path(out) / TRAINING_DATA / DEMO_STORE
+    settings = {"participants": participants, "seed": seed, "scale": scale, "workers": os.cpu_count() or 1}
+    synthesize(load_config(SynthConfig, overrides=settings), cohort)
+    click.echo(str(run_ingest(cohort / "bulk", store)))
+    # Fused on the cohort's own grid, where its truth labels are.
+    shape, spacing = fused_shape_spacing(scale)
+    click.echo(str(run_fusion(store, FusionConfig(shape=shape, spacing_mm=spacing, swaps="correct"))))
+    return str(cohort), str(store)
+
+
 @main.command()
 @click.option(
     "--cohort",
     type=click.Path(file_okay=False, exists=True),
-    required=True,
-    help="Synthetic cohort directory (its truth/ labels are the targets).",
+    help="Synthetic cohort directory (its truth/ labels are the targets); or --synth.",
 )
 @click.option(
     "--store",
     type=click.Path(file_okay=False, exists=True),
-    required=True,
-    help="Its cohort store after fusion (the inputs).",
+    help="Its cohort store after fusion (the inputs); or --synth.",
 )
+@click.option(
+    "--synth",
+    "synth_participants",
+    type=int,
+    help="Instead of --cohort/--store: generate this many synthetic participants in OUT/data, ingest and "
+    "fuse them (resumable), and train on them.",
+)
+@click.option("--synth-seed", type=int, default=103, show_default=True, help="Seed of that cohort.")
+@click.option("--scale", type=float, default=0.25, show_default=True, help="Matrix scale of that cohort.")
 @click.option(
     "--out",
     "out",
@@ -324,7 +351,15 @@ def _train_command(cohort: str, store: str, out: str, config: object) -> str:
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting, e.g. train.learning_rate=3e-4."
 )
 def train(
-    cohort: str, store: str, out: str, config_file: str | None, sets: tuple[str, ...], **options: object
+    cohort: str | None,
+    store: str | None,
+    synth_participants: int | None,
+    synth_seed: int,
+    scale: float,
+    out: str,
+    config_file: str | None,
+    sets: tuple[str, ...],
+    **options: object,
 ) -> None:
     """Train the default body model on a synthetic cohort's fused visits (resumable).
 
@@ -341,7 +376,21 @@ def train(
         config = load_config(DefaultTrainingConfig, overrides=list(sets), base=config)
     except (KeyError, ValueError, TypeError) as exc:
         raise click.UsageError(str(exc).strip("'\"")) from exc
-    command = _train_command(cohort, store, out, config)
+    if synth_participants is not None:
+        if cohort or store:
+            raise click.UsageError("give either --synth or --cohort and --store")
+        cohort, store = _training_cohort(out, synth_participants, synth_seed, scale)
+        command = _train_command(cohort, store, out, config)
+        command = command.replace(
+            shlex.join(["--cohort", cohort, "--store", store]),
+            shlex.join(
+                ["--synth", str(synth_participants), "--synth-seed", str(synth_seed), "--scale", str(scale)]
+            ),
+        )
+    elif not (cohort and store):
+        raise click.UsageError("give --cohort and --store (a fused synthetic cohort), or --synth N")
+    else:
+        command = _train_command(cohort, store, out, config)
     try:
         result = train_default_model(cohort, store, out, config, command=command, progress=True)
     except ValueError as exc:  # no usable visit, grids that differ, checkpoints of other settings
