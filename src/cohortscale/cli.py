@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -173,12 +174,8 @@ def fuse(store: str, strict: bool, config_file: str | None, sets: tuple[str, ...
     from cohortscale.pipeline.fusion import run_fusion
 
     run = _run_config(config_file, sets, **options)
-    try:
-        report = run_fusion(store, run.fusion, run.engine, run.cluster)
-    except ValueError as exc:  # the store's fused grid differs from the one asked for
-        raise click.UsageError(str(exc)) from exc
-    click.echo(str(report))
-    _exit_if_unsettled(strict, store, "fusion")
+    # A ValueError: the store's fused grid differs from the one asked for.
+    _report_stage(store, strict, "fusion", lambda: run_fusion(store, run.fusion, run.engine, run.cluster))
 
 
 @main.command()
@@ -195,12 +192,8 @@ def fit(store: str, strict: bool, config_file: str | None, sets: tuple[str, ...]
     from cohortscale.pipeline.fitting import run_fitting
 
     run = _run_config(config_file, sets, **options)
-    try:
-        report = run_fitting(store, run.fitting, run.engine, run.cluster)
-    except ValueError as exc:  # the store's maps differ in shape from the multi-echo layout
-        raise click.UsageError(str(exc)) from exc
-    click.echo(str(report))
-    _exit_if_unsettled(strict, store, "fitting")
+    # A ValueError: the store's maps differ in shape from the multi-echo layout.
+    _report_stage(store, strict, "fitting", lambda: run_fitting(store, run.fitting, run.engine, run.cluster))
 
 
 @main.command()
@@ -208,7 +201,7 @@ def fit(store: str, strict: bool, config_file: str | None, sets: tuple[str, ...]
 @click.option(
     "--card",
     type=click.Path(dir_okay=False, exists=True),
-    help="Model card (JSON or TOML) beside its weights file; required for now (no default model yet).",
+    help="Model card (JSON or TOML) beside its weights file (default: the packaged body-unet model).",
 )
 @click.option(
     "--device",
@@ -228,12 +221,13 @@ def segment(
     from cohortscale.pipeline.segmentation import run_segmentation
 
     run = _run_config(config_file, sets, **options)
-    try:
-        report = run_segmentation(store, run.segmentation, run.engine, run.cluster)
-    except ValueError as exc:  # no card, a bad card or weights, a store not fused yet
-        raise click.UsageError(str(exc)) from exc
-    click.echo(str(report))
-    _exit_if_unsettled(strict, store, "segmentation")
+    # A ValueError: a missing or bad card or weights, a store not fused yet.
+    _report_stage(
+        store,
+        strict,
+        "segmentation",
+        lambda: run_segmentation(store, run.segmentation, run.engine, run.cluster),
+    )
 
 
 #: ``cohortscale train`` options → settings of ``DefaultTrainingConfig`` (dotted for its sections).
@@ -409,6 +403,17 @@ def train(
         f"segment with: {shlex.join(['cohortscale', 'segment', store, '--card', str(result.card_path)])}"
     )
     click.echo(f"reproduce with: {command}")
+
+
+def _report_stage(store: str, strict: bool, stage: str, run: Callable[[], object]) -> None:
+    """Run a stage over STORE and print its report; settings or a store the stage cannot use (a
+    ``ValueError``) are usage errors, and ``--strict`` exits 1 while any visit is unsettled."""
+    try:
+        report = run()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(str(report))
+    _exit_if_unsettled(strict, store, stage)
 
 
 def _exit_if_unsettled(strict: bool, store: str, stage: str) -> None:

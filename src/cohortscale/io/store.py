@@ -27,6 +27,7 @@ Stage outputs are created by :func:`ensure_arrays` when the stage first runs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ IMAGE_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
 
 #: Name of the leading axis every array shares (Zarr v3 ``dimension_names``).
 PARTICIPANT = "participant"
+
+#: Names usable as one level of a store array's path (``labels/<name>``) and in export file names.
+ARRAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ best epoch and the training history into one folder that ``cohortscale segment -
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -33,10 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cohortscale.io.store import ARRAY_NAME
 from cohortscale.models.card import ModelCard, Normalisation
-from cohortscale.models.inference import sliding_window_inference
+from cohortscale.models.loading import predict_labels, torch_device
 from cohortscale.models.metrics import overlap_table
-from cohortscale.models.preprocess import restore
 from cohortscale.models.train import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -47,6 +48,7 @@ from cohortscale.models.train import (
     train,
 )
 from cohortscale.models.unet import UNet3D, UNetConfig
+from cohortscale.ops.vertebrae import VERTEBRAL_BODY_CLASS
 from cohortscale.synth.labels import LABEL_NAMES, LABELS, VERTEBRA_IDS
 
 if TYPE_CHECKING:
@@ -71,11 +73,11 @@ DEFAULT_CLASSES: dict[str, tuple[int, ...]] = {
     "thigh_posterior_right": (LABELS["thigh_posterior_right"],),
     "thigh_medial_left": (LABELS["thigh_medial_left"],),
     "thigh_medial_right": (LABELS["thigh_medial_right"],),
-    "vertebral_body": VERTEBRA_IDS,
+    VERTEBRAL_BODY_CLASS: VERTEBRA_IDS,
 }
 
 #: Card label ids of the classes merged from several synthetic labels (see the module docstring).
-MERGED_CLASS_IDS: dict[str, int] = {"vertebral_body": VERTEBRAL_BODY_ID}
+MERGED_CLASS_IDS: dict[str, int] = {VERTEBRAL_BODY_CLASS: VERTEBRAL_BODY_ID}
 
 #: Size of :func:`class_lookup`'s table: every id a uint8 truth volume can hold.
 LOOKUP_SIZE = 256
@@ -402,10 +404,10 @@ def evaluate(
     tables = []
     for example in examples:
         image = torch.from_numpy(np.ascontiguousarray(example.image)).to(device)
-        scores = sliding_window_inference(
-            image, model, card.patch_size, overlap=overlap, batch_size=batch_size, accumulate_on="cpu"
+        predicted = predict_labels(
+            image, example.geometry, card, model, batch_size=batch_size, overlap=overlap, accumulate_on="cpu"
         )
-        tables.append(overlap_table(restore(scores, example.geometry), lookup[example.labels], card.labels))
+        tables.append(overlap_table(predicted, lookup[example.labels], card.labels))
     stacked = pd.concat(tables)
     grouped = stacked.groupby(["id", "name"], sort=True)
     return pd.DataFrame(
@@ -471,11 +473,9 @@ def train_default_model(
     """
     # Here, not at the top: dataset imports this module's label scheme.
     from cohortscale.models.dataset import split_by_participant, training_examples
-    from cohortscale.models.loading import torch_device
-    from cohortscale.pipeline.segmentation import MODEL_NAME
 
     config = config or DefaultTrainingConfig()
-    if not MODEL_NAME.fullmatch(config.name):
+    if not ARRAY_NAME.fullmatch(config.name):
         raise ValueError(
             f"name {config.name!r} cannot name the store array labels/<name>; use letters, digits, '.', "
             "'_' and '-', starting with a letter or digit"
@@ -543,15 +543,7 @@ def train_default_model(
         **({"command": command} if command else {}),
     }
     # The card last: a card in the folder means its weights are there too.
-    card = default_card(
-        config.spacing_mm,
-        config.train.patch_size,
-        config.model,
-        DEFAULT_WEIGHTS,
-        config.version,
-        name=config.name,
-        training=provenance,
-    )
+    card = dataclasses.replace(card, training=provenance)
     card_path = card.to_json(out / f"{card.name}.json")
     return TrainingResult(
         card_path=card_path,

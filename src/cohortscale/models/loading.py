@@ -32,7 +32,7 @@ import torch
 
 from cohortscale.models.card import ModelCard, weights_path
 from cohortscale.models.inference import sliding_window_inference
-from cohortscale.models.preprocess import prepare_input, restore
+from cohortscale.models.preprocess import PreparedGeometry, prepare_input, restore
 from cohortscale.models.unet import UNet3D, UNetConfig
 
 #: Values of a stage's ``device`` setting: a CUDA GPU where torch sees one ("auto"), or forced.
@@ -327,8 +327,23 @@ def segment_volume(
     ndarray, shape (Z, Y, X)
         Card label ids on the grid of ``arrays`` (uint8 unless an id exceeds 255), on the host.
     """
-    device = torch.device(device)
-    image, geometry = prepare_input(arrays, affine, card, device=device)
-    scores = sliding_window_inference(image, model, card.patch_size, overlap=overlap, batch_size=batch_size)
-    del image
+    image, geometry = prepare_input(arrays, affine, card, device=torch.device(device))
+    return predict_labels(image, geometry, card, model, batch_size=batch_size, overlap=overlap)
+
+
+def predict_labels(
+    image: torch.Tensor,
+    geometry: PreparedGeometry,
+    card: ModelCard,
+    model: torch.nn.Module,
+    *,
+    batch_size: int = 4,
+    overlap: float = 0.5,
+    accumulate_on: torch.device | str | None = None,
+) -> np.ndarray:
+    """Card label ids on the original grid of an input prepared by ``prepare_input``: sliding windows
+    over ``image`` (on the model's device), class scores restored to the grid, best class per voxel."""
+    scores = sliding_window_inference(
+        image, model, card.patch_size, overlap=overlap, batch_size=batch_size, accumulate_on=accumulate_on
+    )
     return restore(scores, geometry)

@@ -66,9 +66,7 @@ class Quality(enum.IntFlag):
     """Magnitude fits only: the water- and fat-dominant solutions differ but fit almost equally well."""
 
 
-def quality_flags(
-    norm, r2star, relative, *, low_signal_fraction: float, r2star_max_s: float, max_relative_residual: float
-):
+def quality_flags(norm, r2star, relative, options):
     """The :class:`Quality` flags every fit sets, as uint8.
 
     Parameters
@@ -79,12 +77,15 @@ def quality_flags(
         Fitted R2*, s⁻¹.
     relative : ndarray
         Relative residual ‖s − model‖ / ‖s‖.
+    options : FitOptions or MagnitudeOptions
+        Their ``low_signal_fraction``, ``r2star_max_s`` and ``max_relative_residual`` (both fits' options
+        carry these three thresholds).
     """
     xp = array_module(norm)
     flags = (
-        Quality.LOW_SIGNAL * (norm < low_signal_fraction * xp.percentile(norm, 99))
-        + Quality.R2STAR_AT_BOUND * (r2star >= r2star_max_s)
-        + Quality.HIGH_RESIDUAL * (relative > max_relative_residual)
+        Quality.LOW_SIGNAL * (norm < options.low_signal_fraction * xp.percentile(norm, 99))
+        + Quality.R2STAR_AT_BOUND * (r2star >= options.r2star_max_s)
+        + Quality.HIGH_RESIDUAL * (relative > options.max_relative_residual)
     )
     return flags.astype(xp.uint8)
 
@@ -452,14 +453,7 @@ def fit_fatwater(
         amplitudes, residual = amplitudes_for(flat, te, basis, field, r2star)
 
     relative = residual / xp.where(norm > 0, norm, 1)
-    quality = quality_flags(
-        norm,
-        r2star,
-        relative,
-        low_signal_fraction=options.low_signal_fraction,
-        r2star_max_s=options.r2star_max_s,
-        max_relative_residual=options.max_relative_residual,
-    )
+    quality = quality_flags(norm, r2star, relative, options)
     water, fat = amplitudes[:, 0], amplitudes[:, 1]
     maps = {
         "water": water.astype(xp.complex64),

@@ -714,14 +714,7 @@ def fit_magnitude(
         margin = xp.abs(cost[1] - cost[0]) / scale**2
     norm = xp.sqrt((flat**2).sum(axis=1))
     relative = xp.sqrt(best_cost) / xp.where(norm > 0, norm, 1)
-    quality = quality_flags(
-        norm,
-        r2star,
-        relative,
-        low_signal_fraction=options.low_signal_fraction,
-        r2star_max_s=options.r2star_max_s,
-        max_relative_residual=options.max_relative_residual,
-    )
+    quality = quality_flags(norm, r2star, relative, options)
     ambiguous = (margin < options.ambiguity_delta_chi2) & (
         xp.abs(alternative - fraction) > options.ambiguity_min_pdff
     )

@@ -66,6 +66,10 @@ MAX_SKIPPED_BODIES = 2
 #: Label id of the pelvis (which includes the sacrum below S1) in the synthetic and model label sets.
 PELVIS_ID = LABELS["pelvis"]
 
+#: Name of the merged class a segmentation model gives every vertebral body (the levels look alike, so
+#: they are named by counting, :func:`label_vertebrae`); the segmentation stage expands it into levels.
+VERTEBRAL_BODY_CLASS = "vertebral_body"
+
 
 class AnchorNotFoundError(ValueError):
     """No body passes the anchor checks, so no level can be named."""

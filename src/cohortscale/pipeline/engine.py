@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from cohortscale.config import config_to_dict
 from cohortscale.io.ledger import STATUSES, Ledger, Outcome
 from cohortscale.io.store import open_store, participant_rows
-from cohortscale.pipeline.cluster import GPU_RESOURCE, announce_dashboard
+from cohortscale.pipeline.cluster import GPU_RESOURCE, ClusterConfig, announce_dashboard, connect
 
 __all__ = [
     "EngineConfig",
@@ -543,3 +543,15 @@ def run_stage(
     report.seconds_per_visit = batcher.cost if batcher.measured_visits else math.nan
     report.seconds = time.perf_counter() - start
     return report
+
+
+def run_on_cluster(
+    stage: Stage,
+    visits: list[Visit],
+    store: str | Path,
+    engine: EngineConfig | None = None,
+    cluster: ClusterConfig | None = None,
+) -> StageReport:
+    """:func:`run_stage` on a cluster opened for the run (the embedded one unless ``cluster`` says)."""
+    with connect(cluster or ClusterConfig()) as client:
+        return run_stage(stage, visits, store, client, engine or EngineConfig())

@@ -22,7 +22,7 @@ from cohortscale.backend import device_module, to_numpy
 from cohortscale.io.store import ArraySpec, StoreLayout, ensure_arrays, layout_of, open_store
 from cohortscale.ops.fatwater import SPECTRA
 from cohortscale.ops.ideal import FitOptions, fit_fatwater
-from cohortscale.pipeline.cluster import ClusterConfig, connect
+from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import (
     EngineConfig,
     Outcome,
@@ -31,7 +31,7 @@ from cohortscale.pipeline.engine import (
     placement_settings,
     ready_visits,
     requeue_done,
-    run_stage,
+    run_on_cluster,
     store_visits,
 )
 
@@ -385,5 +385,4 @@ def run_fitting(
     """
     config = config or FittingConfig()
     visits = prepare_fitting(store, config)
-    with connect(cluster or ClusterConfig()) as client:
-        return run_stage(FittingStage(str(store), config), visits, store, client, engine or EngineConfig())
+    return run_on_cluster(FittingStage(str(store), config), visits, store, engine, cluster)

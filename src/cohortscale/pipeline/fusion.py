@@ -29,7 +29,7 @@ from cohortscale.ops.fusion import (
     neck_to_knee_grid,
 )
 from cohortscale.ops.swaps import SEGMENTS
-from cohortscale.pipeline.cluster import ClusterConfig, connect
+from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import (
     EngineConfig,
     Outcome,
@@ -38,7 +38,7 @@ from cohortscale.pipeline.engine import (
     placement_settings,
     ready_visits,
     requeue_done,
-    run_stage,
+    run_on_cluster,
     store_visits,
 )
 from cohortscale.protocols import DIXON_CONTRASTS
@@ -269,8 +269,7 @@ def run_fusion(
     """
     config = config or FusionConfig()
     visits = prepare_fusion(store, config)
-    with connect(cluster or ClusterConfig()) as client:
-        return run_stage(FusionStage(str(store), config), visits, store, client, engine or EngineConfig())
+    return run_on_cluster(FusionStage(str(store), config), visits, store, engine, cluster)
 
 
 def fused_grid(root: zarr.Group, participant: str) -> Grid:

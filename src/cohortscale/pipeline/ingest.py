@@ -38,8 +38,8 @@ from cohortscale.io.dicom import Series, stack_series
 from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import StoreLayout, create_store, layout_of, open_store, participant_rows
 from cohortscale.io.ukb import ArchiveError, ArchiveLimits, VisitFiles, discover, read_entries
-from cohortscale.pipeline.cluster import ClusterConfig, connect
-from cohortscale.pipeline.engine import EngineConfig, Outcome, StageReport, Visit, run_stage
+from cohortscale.pipeline.cluster import ClusterConfig
+from cohortscale.pipeline.engine import EngineConfig, Outcome, StageReport, Visit, run_on_cluster
 from cohortscale.protocols import DIXON_CONTRASTS, DIXON_FIELD
 
 #: Siemens phase images: radians per stored value after RescaleSlope/Intercept (UKB.md).
@@ -555,7 +555,6 @@ def run_ingest(
     config = config or IngestConfig()
     visits = prepare_store(bulk, store, config)
     requeue_changed_inputs(store, visits)
-    with connect(cluster or ClusterConfig()) as client:
-        report = run_stage(IngestStage(str(store), config), visits, store, client, engine or EngineConfig())
+    report = run_on_cluster(IngestStage(str(store), config), visits, store, engine, cluster)
     consolidate_manifest(store)
     return report

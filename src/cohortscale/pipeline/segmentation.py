@@ -19,7 +19,6 @@ start without it (about 2 s).
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,9 @@ import zarr
 
 from cohortscale.config import config_to_dict
 from cohortscale.io.ledger import Ledger
-from cohortscale.io.store import ensure_arrays, open_store
-from cohortscale.pipeline.cluster import ClusterConfig, connect
+from cohortscale.io.store import ARRAY_NAME, ensure_arrays, open_store
+from cohortscale.ops.vertebrae import VERTEBRAL_BODY_CLASS
+from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import (
     EngineConfig,
     Outcome,
@@ -39,7 +39,7 @@ from cohortscale.pipeline.engine import (
     Visit,
     ready_visits,
     requeue_done,
-    run_stage,
+    run_on_cluster,
     store_visits,
 )
 from cohortscale.pipeline.fusion import FUSED
@@ -57,8 +57,6 @@ MAX_LABEL_ID = int(np.iinfo(LABEL_DTYPE).max)
 #: Fill value of label rows: background, also for visits not (or no longer) segmented; the ledger tells
 #: which rows hold a segmentation.
 NOT_SEGMENTED = 0
-#: Model names usable as a store array name (``labels/<name>``) and in export file names.
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Attribute (on the ``labels`` group and on each label array) holding the model a segmentation came
 #: from: its card and the SHA-256 of its weights. A different value runs every visit again.
 SETTINGS_ATTR = "segmentation_model"
@@ -67,10 +65,6 @@ RUN_ATTR = "segmentation_config"
 #: Stage name, and the stage whose outputs it reads.
 STAGE = "segmentation"
 UPSTREAM = "fusion"
-
-#: Card label name of a merged vertebral-body class: the stage names each body's level by counting
-#: (:func:`cohortscale.ops.vertebrae.label_vertebrae`), writing the levels' label ids instead.
-VERTEBRAL_BODY = "vertebral_body"
 
 #: The packaged default model's card (``cohortscale train`` on a synthetic cohort; see the README).
 DEFAULT_CARD = Path(__file__).resolve().parents[1] / "models" / "weights" / "body-unet.json"
@@ -141,7 +135,7 @@ def check_card_for_store(root: zarr.Group, card: ModelCard, card_path: Path) -> 
         When the model name cannot name a store array, a label id does not fit uint8, or the store lacks
         a fused input (the fusion stage has not run).
     """
-    if not MODEL_NAME.fullmatch(card.name):
+    if not ARRAY_NAME.fullmatch(card.name):
         raise ValueError(
             f"{card_path}: model name {card.name!r} cannot name the store array {LABELS}/<name>; use "
             "letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -236,7 +230,7 @@ def segment_visit(
         try:
             labels = label_vertebrae(labels, body_id, spacing_from_affine(affine), affine=affine)
         except AnchorNotFoundError as exc:
-            levels_note = f"; vertebral levels not assigned ({exc}), bodies kept as {VERTEBRAL_BODY}"
+            levels_note = f"; vertebral levels not assigned ({exc}), bodies kept as {VERTEBRAL_BODY_CLASS}"
     root[path][row] = labels.astype(LABEL_DTYPE, copy=False)
     found = np.unique(labels)
     where = "GPU" if device.type == "cuda" else "CPU"
@@ -287,7 +281,7 @@ class SegmentationStage:
 
 def _vertebral_body_id(card: ModelCard) -> int | None:
     """The card's label id of a merged vertebral-body class, if it has one (its levels are counted)."""
-    return next((i for i, name in card.labels.items() if name == VERTEBRAL_BODY), None)
+    return next((i for i, name in card.labels.items() if name == VERTEBRAL_BODY_CLASS), None)
 
 
 def output_labels(card: ModelCard) -> dict[int, str]:
@@ -396,7 +390,7 @@ def run_segmentation(
     store : path-like
         Cohort store after fusion.
     config : SegmentationConfig
-        The model card (required for now) and inference settings.
+        The model card (default: the packaged model) and inference settings.
     engine, cluster : optional
         Engine (batching, retries, progress) and cluster settings.
 
@@ -406,5 +400,4 @@ def run_segmentation(
     """
     config = config or SegmentationConfig()
     stage, visits = prepare_segmentation(store, config)
-    with connect(cluster or ClusterConfig()) as client:
-        return run_stage(stage, visits, store, client, engine or EngineConfig())
+    return run_on_cluster(stage, visits, store, engine, cluster)

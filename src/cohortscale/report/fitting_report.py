@@ -16,6 +16,7 @@ from cohortscale.io.store import layout_of, open_store, participant_rows
 from cohortscale.ops.ideal import Quality
 from cohortscale.pipeline.engine import StageReport
 from cohortscale.pipeline.fitting import MAPS
+from cohortscale.report.synth_report import save_figure
 
 #: Visits shown in the figure.
 FIGURE_VISITS = 4
@@ -72,10 +73,7 @@ def fitting_figure(store: str | Path, path: Path, visits: list[tuple[str, int]])
             axes[i, k].set_title(f"{key} / {f}\n{'PDFF %' if name == 'pdff' else 'R2* 1/s'}", fontsize=9)
             axes[i, k].axis("off")
             fig.colorbar(image, ax=axes[i, k], fraction=0.046)
-    fig.suptitle("Fitted multi-echo slices read back from the cohort store")
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, "Fitted multi-echo slices read back from the cohort store", path, top=0.94)
 
 
 def fitting_html(store: str | Path, out: Path, report: StageReport) -> str:

@@ -16,7 +16,7 @@ from cohortscale.io.store import open_store, participant_rows
 from cohortscale.ops.swaps import SEGMENTS
 from cohortscale.pipeline.engine import StageReport
 from cohortscale.pipeline.fusion import FUSED
-from cohortscale.report.synth_report import coronal_extent
+from cohortscale.report.synth_report import coronal_extent, label_coronal_axes, save_figure
 
 #: Visits shown in the figure.
 FIGURE_VISITS = 4
@@ -68,13 +68,8 @@ def fusion_figure(store: str | Path, path: Path, visits: list[str]) -> None:
             ff[:, middle], cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest"
         )
         axes[0, 2 * k + 1].set_title(f"{key}\nFF 0–1")
-    for ax in axes[0]:
-        ax.set_xlabel("x (mm, patient left →)")
-    axes[0, 0].set_ylabel("z (mm, superior ↑)")
-    fig.suptitle("Fused neck-to-knee volumes read back from the cohort store (mid-coronal)")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    label_coronal_axes(axes[0])
+    save_figure(fig, "Fused neck-to-knee volumes read back from the cohort store (mid-coronal)", path)
 
 
 def fusion_html(store: str | Path, out: Path, report: StageReport) -> str:

@@ -15,13 +15,15 @@ from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import open_store, participant_rows
 from cohortscale.pipeline.engine import StageReport
 from cohortscale.pipeline.fusion import FUSED
-from cohortscale.report.synth_report import coronal_extent
+from cohortscale.report.synth_report import coronal_extent, label_coronal_axes, save_figure
 from cohortscale.synth.labels import VERTEBRA_IDS
 
 #: Visits shown in the figure.
 FIGURE_VISITS = 4
 #: File name of the figure, next to the report.
 FIGURE = "segmentation.png"
+#: Colour map of the labels (ids beyond its colours repeat them).
+PALETTE, PALETTE_COLOURS = "tab20", 20
 #: Opacity of the label colours over the water image.
 OVERLAY_ALPHA = 0.55
 #: Cubic millimetres per cubic centimetre.
@@ -61,8 +63,7 @@ def segmentation_figure(store: str | Path, path: str, figure: Path, visits: list
     """Coronal sections through the spine of ``visits``: fused water with the labels over it."""
     root = open_store(store, mode="r")
     rows = participant_rows(root)
-    names = _label_names(root, path)
-    colours = plt.get_cmap("tab20", 20)
+    colours = plt.get_cmap(PALETTE, PALETTE_COLOURS)
     fig, axes = plt.subplots(1, len(visits), figsize=(4 * len(visits), 7), sharey=True, squeeze=False)
     for ax, key in zip(axes[0], visits, strict=True):
         row = rows[key]
@@ -74,16 +75,13 @@ def segmentation_figure(store: str | Path, path: str, figure: Path, visits: list
         extent = coronal_extent(np.asarray(root[f"{FUSED}/affine"][row]), water.shape)
         ax.imshow(water[:, plane], cmap="gray", extent=extent, interpolation="nearest")
         section = labels[:, plane]
-        colour = colours(section % 20)
+        colour = colours(section % PALETTE_COLOURS)
         colour[..., 3] = np.where(section > 0, OVERLAY_ALPHA, 0.0)
         ax.imshow(colour, extent=extent, interpolation="nearest")
-        ax.set_title(f"{key}\n{int(np.count_nonzero(np.isin(np.unique(labels), list(names))) - 1)} labels")
-        ax.set_xlabel("x (mm, patient left →)")
-    axes[0, 0].set_ylabel("z (mm, superior ↑)")
-    fig.suptitle("Labels written by the segmentation stage over fused water (coronal, through the spine)")
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(figure, dpi=80)
-    plt.close(fig)
+        ax.set_title(f"{key}\n{np.count_nonzero(np.unique(labels))} labels")
+    label_coronal_axes(axes[0])
+    title = "Labels written by the segmentation stage over fused water (coronal, through the spine)"
+    save_figure(fig, title, figure, top=0.94)
 
 
 def segmentation_html(store: str | Path, out: Path, report: StageReport, path: str) -> str:

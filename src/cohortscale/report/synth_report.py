@@ -72,6 +72,21 @@ def coronal_extent(affine: np.ndarray, shape_zyx: tuple[int, ...]) -> tuple[floa
     return (min(xs), max(xs), min(zs), max(zs))
 
 
+def label_coronal_axes(axes) -> None:
+    """Axis labels of a row of coronal sections placed in patient millimetres."""
+    for ax in axes:
+        ax.set_xlabel("x (mm, patient left →)")
+    axes[0].set_ylabel("z (mm, superior ↑)")
+
+
+def save_figure(fig, title: str, path: Path, top: float = 0.95) -> None:
+    """Title a figure, lay it out below the title (``top``: share of the height), save it and close it."""
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _coronal_figure(out: Path, eid: int, instance: int, path: Path) -> None:
     """Water images of the six stations read back from the Dixon zip, and the truth on the fused grid,
     all placed in patient millimetres (superior up, patient right on the left)."""
@@ -96,12 +111,8 @@ def _coronal_figure(out: Path, eid: int, instance: int, path: Path) -> None:
         ax.set_title(f"truth: {name} (fused grid)")
     for ax in axes:
         ax.set_xlim(-250, 250)
-        ax.set_xlabel("x (mm, patient left →)")
-    axes[0].set_ylabel("z (mm, superior ↑)")
-    fig.suptitle(f"participant {eid}, instance {instance}: mid-coronal sections")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    label_coronal_axes(axes)
+    save_figure(fig, f"participant {eid}, instance {instance}: mid-coronal sections", path)
 
 
 def _multiecho_figure(out: Path, eid: int, instance: int, path: Path) -> None:
