@@ -133,6 +133,7 @@ def _run_config(config_file: str | None, sets: tuple[str, ...], **options: objec
         "batch_size": "engine.batch_size",
         "card": "segmentation.card",
         "device": "segmentation.device",
+        "labels": "measure.labels",
     }
     given = {keys[k]: v for k, v in options.items() if v not in (None, False)}
     try:
@@ -228,6 +229,84 @@ def segment(
         "segmentation",
         lambda: run_segmentation(store, run.segmentation, run.engine, run.cluster),
     )
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--labels", help="Label set to measure (labels/<name>).  [default: the store's only one]")
+@click.option(
+    "--table-dir",
+    type=click.Path(file_okay=False),
+    help="Where idps.parquet and idps.csv go.  [default: the store's parent folder]",
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any visit is quarantined or failed.")
+@_cluster_options
+def measure(
+    store: str,
+    table_dir: str | None,
+    strict: bool,
+    config_file: str | None,
+    sets: tuple[str, ...],
+    **options: object,
+) -> None:
+    """Measure every segmented visit in STORE: volumes, thigh ratios, VAT/ASAT, femoral, vertebral-marrow
+    and liver fat and R2* (resumable); then gather the IDP table (idp/* in the store, parquet and CSV).
+
+    E.g. --set measure.min_roi_area_mm2=100; changed settings measure every visit again."""
+    from cohortscale.pipeline.measure import run_measure
+    from cohortscale.pipeline.reduce import reduce_idps
+
+    run = _run_config(config_file, sets, **options)
+    # A ValueError: no or several label sets, or one the store does not hold.
+    _report_stage(store, strict, "measure", lambda: run_measure(store, run.measure, run.engine, run.cluster))
+    tables = reduce_idps(store, table_dir)
+    click.echo(f"IDP table: {tables.parquet} (and {tables.csv.name}); {_status_counts(tables.counts())}")
+
+
+def _status_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+@main.command()
+@click.argument("bulk", type=click.Path(file_okay=False, exists=True))
+@click.option("--store", type=click.Path(file_okay=False), required=True, help="Cohort store (Zarr v3).")
+@click.option(
+    "--table-dir",
+    type=click.Path(file_okay=False),
+    help="Where idps.parquet and idps.csv go.  [default: the store's parent folder]",
+)
+@click.option(
+    "--card",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Segmentation model card (default: the packaged body-unet model).",
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any visit is excluded or failed.")
+@_cluster_options
+def run(
+    bulk: str,
+    store: str,
+    table_dir: str | None,
+    strict: bool,
+    config_file: str | None,
+    sets: tuple[str, ...],
+    **options: object,
+) -> None:
+    """Run the whole pipeline on the bulk zips in BULK: ingest → fuse → segment → fit → measure, then the
+    IDP table, on one Dask cluster (the embedded one unless --scheduler). Resumable: run it again after a
+    crash and only unfinished work is done; a finished run does nothing.
+
+    Settings of every stage: --set fusion.swaps=correct, fitting.spectrum=ren_marrow9, measure.labels=…,
+    or a TOML file with [cluster], [engine], [ingest], [fusion], [fitting], [segmentation], [measure]."""
+    from cohortscale.pipeline.run import run_cohort
+
+    config = _run_config(config_file, sets, **options)
+    try:
+        summary = run_cohort(bulk, store, config, table_dir)
+    except ValueError as exc:  # settings or a store the stages cannot use
+        raise click.UsageError(str(exc)) from exc
+    click.echo(str(summary))
+    if strict and (summary.tables.table["status"] != "measured").any():
+        raise SystemExit(1)
 
 
 #: ``cohortscale train`` options → settings of ``DefaultTrainingConfig`` (dotted for its sections).

@@ -282,13 +282,20 @@ def store_visits(store: str | Path) -> list[Visit]:
     ]
 
 
-def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str | Path) -> list[Visit]:
-    """Visits ``stage`` can process: those whose ``upstream`` stage is done.
+def ready_visits(
+    stage: str,
+    upstream: str,
+    visits: Sequence[Visit],
+    store: str | Path,
+    optional: bool = False,
+) -> list[Visit]:
+    """Visits ``stage`` can process: those whose ``upstream`` stage is done (or settled, if optional).
 
     The ledger of ``stage`` is brought up to date first: a visit that ``upstream`` processed again after
     ``stage`` last settled it (new input, a rerun) gets a "failed" record with reason
     ``upstream_changed``, so the engine processes it again; a visit ``upstream`` quarantined is
-    quarantined here too (reason ``<upstream>_quarantined``), so every stage accounts for every visit.
+    quarantined here too (reason ``<upstream>_quarantined``), so every stage accounts for every visit —
+    unless the upstream stage is ``optional`` to this one, which then runs on what the upstream could do.
 
     Parameters
     ----------
@@ -296,6 +303,9 @@ def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str 
         Stage names, e.g. ``"fusion"`` and ``"ingest"``.
     visits : sequence of Visit
     store : path-like
+    optional : bool
+        Whether ``stage`` also runs for visits ``upstream`` quarantined (e.g. measures of a visit without
+        a multi-echo slice to fit still include its volumes).
 
     Returns
     -------
@@ -311,7 +321,8 @@ def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str 
             continue
         status = before.at[visit.key, "status"]
         settled_after = visit.key in mine.index and mine.at[visit.key, "time"] >= before.at[visit.key, "time"]
-        if status == "done" and visit.key in mine.index and not settled_after:
+        usable = status == "done" or (optional and status == "quarantined")
+        if usable and visit.key in mine.index and not settled_after:
             if mine.at[visit.key, "status"] in SETTLED:
                 message = f"Participant {visit.key}: {upstream} ran again after {stage}; {stage} runs again."
                 updates.append(Outcome(visit.key, "failed", UPSTREAM_CHANGED, message))
@@ -320,7 +331,8 @@ def ready_visits(stage: str, upstream: str, visits: Sequence[Visit], store: str 
             message = f"Participant {visit.key}: quarantined by {upstream} ({reason}); nothing to {stage}."
             updates.append(Outcome(visit.key, "quarantined", f"{upstream}_quarantined", message))
     ledger.record(stage, updates)
-    return [v for v in visits if v.key in before.index and before.at[v.key, "status"] == "done"]
+    accepted = SETTLED if optional else ("done",)
+    return [v for v in visits if v.key in before.index and before.at[v.key, "status"] in accepted]
 
 
 def requeue_done(store: str | Path, stage: str, reason: str, message: str) -> None:

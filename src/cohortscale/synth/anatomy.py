@@ -105,10 +105,11 @@ class Body:
         Points in LPS mm: vertebral body centres by level (``"L1"``), ``"hip_left"``, ``"knee_right"``...
     vertebra_extent : dict of str → (z_bottom, z_top)
         Craniocaudal extent of each vertebral body, mm.
-    torso : Tube
-        Skin of the trunk (no arms, no legs): with ``asat_z_range`` it defines ASAT.
+    arms : tuple of Tube
+        Skin of the arms: with ``asat_z_range`` they define ASAT.
     asat_z_range : (float, float)
-        ASAT is subcutaneous fat of the trunk from the femoral-head top to the top of T9, mm.
+        ASAT is the subcutaneous fat outside the arms from the femoral-head top to the top of T9, mm (as
+        UK Biobank defines it from images: the trunk's, and the hips' above the femoral heads).
     z_top : float
         Height of the top of the head, mm (for placing stations).
     """
@@ -116,7 +117,7 @@ class Body:
     parts: list[tuple[int, Shape]]
     landmarks: dict[str, np.ndarray]
     vertebra_extent: dict[str, tuple[float, float]]
-    torso: Tube
+    arms: tuple[Tube, ...]
     asat_z_range: tuple[float, float]
     z_top: float
     info: dict[str, float] = field(default_factory=dict)
@@ -246,6 +247,7 @@ def build_body(
     outer: list[tuple[int, Shape]] = []
     trunk: list[tuple[int, Shape]] = []
     parts: list[tuple[int, Shape]] = []
+    arms: list[Tube] = []
     add = parts.append
 
     # Table under the participant.
@@ -434,7 +436,8 @@ def build_body(
         arm_fat = 6.0 * girth**2 * (1.0 if male else 1.5)
         arm_cx = x_mid + sign * (np.interp(arm_z, zk, skin_a) + arm_r + arm_fat + 8.0)
         arm_cy = np.interp(arm_z, zk, core_cy)
-        add((L["subcutaneous_fat"], Tube(arm_z, arm_cx, arm_cy, arm_r + arm_fat, arm_r + arm_fat)))
+        arms.append(Tube(arm_z, arm_cx, arm_cy, arm_r + arm_fat, arm_r + arm_fat))
+        add((L["subcutaneous_fat"], arms[-1]))
         add((L["other_muscle"], Tube(arm_z, arm_cx, arm_cy, arm_r, arm_r)))
         add(
             (
@@ -595,7 +598,7 @@ def build_body(
         parts=outer + trunk + parts,
         landmarks=landmarks,
         vertebra_extent=vertebra_extent,
-        torso=torso,
+        arms=tuple(arms),
         asat_z_range=(float(asat_lo), float(asat_hi)),
         z_top=float(z_vertex_mm),
         info=info,

@@ -7,8 +7,9 @@ they are the same for a ``--scale 0.25`` cohort and a full-scale one. Definition
 - thigh compartments: anterior, posterior and medial thigh muscle per leg; ``tmv_cm3`` is their sum over
   both legs (gluteal and iliopsoas excluded); ``pa_ratio`` = posterior / anterior over both legs;
   ``thigh_asymmetry`` = (left − right) / mean;
-- ``vat_l``: visceral fat label; ``asat_l``: subcutaneous fat of the trunk (arms and legs excluded) from
-  the top of the femoral heads to the top of T9, as UK Biobank's body-composition IDPs define it;
+- ``vat_l``: visceral fat label; ``asat_l``: subcutaneous fat outside the arms from the top of the femoral
+  heads to the top of T9, as UK Biobank's body-composition IDPs define it (the hips' fat above the femoral
+  heads is in, as it is in the images);
 - ``vbm_*``: medians over the vertebral-body pixels of the multi-echo slice (the bone-marrow ROI).
 """
 
@@ -66,8 +67,11 @@ def volume_idps(body: Body, grid: Grid) -> dict[str, float]:
     z_lo, z_hi = body.asat_z_range
     rows = (zs >= z_lo) & (zs <= z_hi)
     subcut = labels[rows] == LABELS["subcutaneous_fat"]
-    trunk = body.torso.inside(xs[None, None, :], ys[None, :, None], zs[rows][:, None, None])
-    idps["asat_l"] = float(np.count_nonzero(subcut & trunk)) * voxel_cm3 / 1000
+    points = (xs[None, None, :], ys[None, :, None], zs[rows][:, None, None])
+    arm = np.zeros(subcut.shape, dtype=bool)
+    for tube in body.arms:
+        arm |= tube.inside(*points)
+    idps["asat_l"] = float(np.count_nonzero(subcut & ~arm)) * voxel_cm3 / 1000
     return idps
 
 
