@@ -23,6 +23,11 @@ from scipy import ndimage
 #: Thigh muscle compartments whose sum is total thigh muscle volume (gluteal and iliopsoas excluded).
 THIGH_COMPARTMENTS = ("anterior", "posterior", "medial")
 SIDES = ("left", "right")
+#: Body parts (less their subcutaneous fat) smaller than this share of a slice's largest are arms.
+ARM_CORE_FRACTION = 0.25
+#: How far an arm claims subcutaneous fat, mm: its own fat layer (6–18 mm in the synthetic anatomy),
+#: not the hips' fat where the hands rest against them.
+ARM_FAT_MM = 10.0
 #: Groups of :func:`body_measures` that report a reason when their measures are missing.
 BODY_GROUPS = ("thigh", "fat", "femur")
 #: Names a vertebral-body label may carry: one merged class, or its levels C3–S1.
@@ -167,16 +172,60 @@ def body_mask(signal: np.ndarray, fraction: float) -> np.ndarray:
     return signal > fraction * float(np.percentile(signal, 99))
 
 
-def trunk_mask(body: np.ndarray) -> np.ndarray:
-    """Per slice, the largest 2D connected part of ``body`` (the trunk, without arms lying beside it)."""
-    trunk = np.zeros(body.shape, dtype=bool)
-    for k, plane in enumerate(np.asarray(body, dtype=bool)):
-        parts, n = ndimage.label(plane)
-        if n:
-            sizes = np.bincount(parts.ravel())
-            sizes[0] = 0
-            trunk[k] = parts == int(sizes.argmax())
-    return trunk
+def trunk_subcutaneous(
+    subcutaneous: np.ndarray,
+    body: np.ndarray,
+    pixel_mm: float,
+    arm_core_fraction: float = ARM_CORE_FRACTION,
+    arm_fat_mm: float = ARM_FAT_MM,
+) -> np.ndarray:
+    """The subcutaneous fat of the trunk (and hips), without the arms', slice by slice.
+
+    Each slice's body less its subcutaneous fat falls into cores: the trunk's (the largest), the arms'
+    (smaller than ``arm_core_fraction`` of it) and, low in the range, the hips'. Fat belongs to the core
+    that reaches it first growing through the fat (geodesic, not straight-line, distance: an arm lying against
+    the trunk touches its fat only where they meet). Arm cores stop growing after ``arm_fat_mm``, an arm's
+    fat layer, so that where an arm touches the hips it does not claim their thicker fat beyond.
+
+    Parameters
+    ----------
+    subcutaneous, body : ndarray of bool, (slices, rows, columns)
+    pixel_mm : float
+        In-plane pixel size, mm.
+    arm_core_fraction : float
+        Cores smaller than this share of a slice's largest are arms.
+    arm_fat_mm : float
+        How far an arm core claims fat, mm.
+
+    Returns
+    -------
+    ndarray of bool
+        The fat of every core but the arms'.
+    """
+    subcutaneous = np.asarray(subcutaneous, dtype=bool)
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    cores, n = ndimage.label(np.asarray(body, dtype=bool) & ~subcutaneous, structure=in_plane)
+    if n == 0:
+        return np.zeros_like(subcutaneous)
+    ids = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones(cores.shape), cores, index=ids)
+    slice_index = np.broadcast_to(np.arange(cores.shape[0])[:, None, None], cores.shape)
+    core_slice = ndimage.minimum(slice_index, cores, index=ids).astype(np.int64)
+    largest = np.zeros(cores.shape[0])
+    np.maximum.at(largest, core_slice, sizes)
+    big = np.concatenate([[False], sizes >= arm_core_fraction * largest[core_slice]])
+    arm_steps = max(1, round(arm_fat_mm / pixel_mm))
+    owner, free, step = cores.copy(), subcutaneous.copy(), 0
+    while True:
+        growing = owner if step < arm_steps else np.where(big[owner], owner, 0)
+        reached = ndimage.grey_dilation(growing, footprint=in_plane[1:2])
+        claimed = free & (reached > 0)
+        if not claimed.any():
+            return subcutaneous & big[owner]
+        owner[claimed] = reached[claimed]
+        free &= ~claimed
+        step += 1
 
 
 @dataclass(frozen=True)
@@ -365,6 +414,7 @@ def _asat_litres(
         return float("nan"), "no_t9_for_asat"
     lo, hi = sorted((femur_top, t9_top))
     rows = slice(lo, hi + 1)
-    trunk = trunk_mask(body[rows])
     subcutaneous = np.isin(labels[rows], ids_named(names, ["subcutaneous_fat"]))
-    return float(np.count_nonzero(subcutaneous & trunk)) * voxel_volume_cm3(affine) / 1000.0, ""
+    pixel_mm = float(np.sqrt(np.prod(np.linalg.norm(np.asarray(affine)[:3, :2], axis=0))))
+    trunk = trunk_subcutaneous(subcutaneous, body[rows], pixel_mm)
+    return float(np.count_nonzero(trunk)) * voxel_volume_cm3(affine) / 1000.0, ""

@@ -13,7 +13,8 @@ and write them as ``<store>/measures/<key>.json`` (atomically: written aside, th
 per visit, so workers never share a file and a repeated task rewrites the same row. The reduction
 (:mod:`cohortscale.pipeline.reduce`) gathers the rows into the store's ``idp/*`` arrays and the table.
 
-The stage runs for visits segmented with the label set, whether or not their fit succeeded (a visit
+The stage runs for visits segmented with the label set (or fused, for a set imported with
+:mod:`cohortscale.pipeline.labels`), whether or not their fit succeeded (a visit
 without a multi-echo slice still has volumes; its slice measures carry the QC reason
 ``no_multiecho_slice``), again when segmentation or fitting re-ran, and all again when its settings change.
 """
@@ -55,6 +56,7 @@ from cohortscale.pipeline.engine import (
     store_visits,
 )
 from cohortscale.pipeline.fitting import MAPS, NOT_FITTED
+from cohortscale.pipeline.labels import IMPORTED
 from cohortscale.pipeline.segmentation import LABELS
 
 STAGE = "measure"
@@ -242,7 +244,9 @@ def prepare_measure(store: str | Path, config: MeasureConfig) -> tuple[MeasureSt
         )
     root.attrs[SETTINGS_ATTR] = settings
     visits = store_visits(store)
-    segmented = {v.key for v in ready_visits(STAGE, "segmentation", visits, store)}
+    # A model's labels are current once segmentation is done; imported ones once the grid exists.
+    imported = root[f"{LABELS}/{label_set}"].attrs.get("source") == IMPORTED
+    segmented = {v.key for v in ready_visits(STAGE, "fusion" if imported else "segmentation", visits, store)}
     fitted = {v.key for v in ready_visits(STAGE, "fitting", visits, store, optional=True)}
     stage = MeasureStage(str(store), replace(config, labels=label_set), label_set)
     return stage, [v for v in visits if v.key in segmented and v.key in fitted]
