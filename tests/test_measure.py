@@ -614,7 +614,8 @@ def drop(labels: np.ndarray, *names: str) -> np.ndarray:
 def test_body_measures_by_hand(head_first: bool) -> None:
     """Thigh compartments 10, 6, 4 / 12, 4, 2 voxels → 0.2, 0.12, 0.08 / 0.24, 0.08, 0.04 cm³: TMV 0.76,
     P/A 0.2 / 0.44, asymmetry 0.04 / 0.38; VAT 24 and liver 30 voxels → 4.8e-4 and 6e-4 L; femur FF 50 %
-    and 40 %; ASAT = trunk fat of slices 2 (femur top) to 7 (T9 top): 3 + 4 + … + 8 = 33 voxels → 6.6e-4 L.
+    and 40 %; ASAT = trunk fat of the slices above 2 (femur top) up to 7 (T9 top): 4 + … + 8 = 30 voxels
+    → 6e-4 L.
     The same with the slices stored head → feet."""
     labels, fused, body = body_case()
     if head_first:
@@ -633,15 +634,15 @@ def test_body_measures_by_hand(head_first: bool) -> None:
     assert idps["liver_volume_l"] == pytest.approx(6.0e-4, rel=TIGHT)
     assert idps["femur_ff_left"] == pytest.approx(50.0, rel=TIGHT)
     assert idps["femur_ff_right"] == pytest.approx(40.0, rel=TIGHT)
-    assert idps["asat_l"] == pytest.approx(33 * VOXEL_CM3 / 1000, rel=TIGHT)
+    assert idps["asat_l"] == pytest.approx(30 * VOXEL_CM3 / 1000, rel=TIGHT)
 
 
 def test_body_asat_depends_on_the_slice_direction() -> None:
     """Told the wrong direction (head → feet for foot → head slices), the superior ends become femur slice 0
-    and T9 slice 6: slices 0–6 hold 1 + 2 + … + 7 = 28 trunk-fat voxels, not 33."""
+    and T9 slice 6, which is then not above the femur: ASAT NaN with "t9_not_above_femur"."""
     labels, fused, body = body_case()
-    idps, _ = body_measures(labels, BODY_AFFINE, LABEL_NAMES, fused, body, foot_to_head=False)
-    assert idps["asat_l"] == pytest.approx(28 * VOXEL_CM3 / 1000, rel=TIGHT)
+    idps, reasons = body_measures(labels, BODY_AFFINE, LABEL_NAMES, fused, body, foot_to_head=False)
+    assert math.isnan(idps["asat_l"]) and reasons == {"fat": "t9_not_above_femur"}
 
 
 def test_body_measures_missing_a_thigh_compartment() -> None:
@@ -654,7 +655,7 @@ def test_body_measures_missing_a_thigh_compartment() -> None:
     assert not any(key.startswith("thigh_") for key in idps)
     assert "tmv_cm3" not in idps and "pa_ratio" not in idps
     assert idps["vat_l"] == pytest.approx(4.8e-4, rel=TIGHT)
-    assert idps["asat_l"] == pytest.approx(33 * VOXEL_CM3 / 1000, rel=TIGHT)
+    assert idps["asat_l"] == pytest.approx(30 * VOXEL_CM3 / 1000, rel=TIGHT)
     # A names mapping without the compartment at all behaves the same.
     names = {i: n for i, n in LABEL_NAMES.items() if n != "thigh_medial_right"}
     idps, reasons = body_measures(labels, BODY_AFFINE, names, fused, body, foot_to_head=True)
@@ -674,7 +675,7 @@ def test_body_measures_missing_t9() -> None:
 
 
 def test_body_measures_missing_femurs() -> None:
-    """Without the left femur, the right one's top (slice 1) starts ASAT: 2 + 3 + … + 8 = 35 voxels, and
+    """Without the left femur, the right one's top (slice 1) bounds ASAT: 3 + … + 8 = 33 voxels, and
     femur FF left is NaN. Without both: ASAT NaN ("no_femur_for_asat") and both femur FFs NaN."""
     labels, fused, body = body_case()
     idps, reasons = body_measures(
@@ -683,7 +684,7 @@ def test_body_measures_missing_femurs() -> None:
     assert reasons == {"femur": "femur_labels_absent"}
     assert math.isnan(idps["femur_ff_left"])
     assert idps["femur_ff_right"] == pytest.approx(40.0, rel=TIGHT)
-    assert idps["asat_l"] == pytest.approx(35 * VOXEL_CM3 / 1000, rel=TIGHT)
+    assert idps["asat_l"] == pytest.approx(33 * VOXEL_CM3 / 1000, rel=TIGHT)
     idps, reasons = body_measures(
         drop(labels, "femur_left", "femur_right"), BODY_AFFINE, LABEL_NAMES, fused, body, foot_to_head=True
     )

@@ -205,7 +205,10 @@ def trunk_subcutaneous(
     subcutaneous = np.asarray(subcutaneous, dtype=bool)
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    cores, n = ndimage.label(np.asarray(body, dtype=bool) & ~subcutaneous, structure=in_plane)
+    # Opening drops the thin rims where an image's body outline runs a pixel beyond the labelled fat: they
+    # are no body part, and as small cores they would claim the outer fat like an arm.
+    solid = ndimage.binary_opening(np.asarray(body, dtype=bool) & ~subcutaneous, structure=in_plane)
+    cores, n = ndimage.label(solid, structure=in_plane)
     if n == 0:
         return np.zeros_like(subcutaneous)
     ids = np.arange(1, n + 1)
@@ -412,8 +415,11 @@ def _asat_litres(
         return float("nan"), "no_femur_for_asat"
     if t9_top is None:
         return float("nan"), "no_t9_for_asat"
-    lo, hi = sorted((femur_top, t9_top))
-    rows = slice(lo, hi + 1)
+    # Each landmark's true top lies, on average, half a slice above the centre of the last slice holding
+    # it, so the slices above the femur's up to T9's (one end included) span the true distance.
+    rows = slice(femur_top + 1, t9_top + 1) if foot_to_head else slice(t9_top, femur_top)
+    if rows.stop <= rows.start:
+        return float("nan"), "t9_not_above_femur"
     subcutaneous = np.isin(labels[rows], ids_named(names, ["subcutaneous_fat"]))
     pixel_mm = float(np.sqrt(np.prod(np.linalg.norm(np.asarray(affine)[:3, :2], axis=0))))
     trunk = trunk_subcutaneous(subcutaneous, body[rows], pixel_mm)

@@ -321,9 +321,8 @@ def ready_visits(
             continue
         status = before.at[visit.key, "status"]
         settled_after = visit.key in mine.index and mine.at[visit.key, "time"] >= before.at[visit.key, "time"]
-        usable = status == "done" or (optional and status == "quarantined")
-        if usable and visit.key in mine.index and not settled_after:
-            if mine.at[visit.key, "status"] in SETTLED:
+        if status == "done" or (optional and status == "quarantined"):
+            if visit.key in mine.index and not settled_after and mine.at[visit.key, "status"] in SETTLED:
                 message = f"Participant {visit.key}: {upstream} ran again after {stage}; {stage} runs again."
                 updates.append(Outcome(visit.key, "failed", UPSTREAM_CHANGED, message))
         elif status == "quarantined" and not settled_after:
