@@ -50,6 +50,10 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     assert len(recorded) == 2 and set(recorded["status"]) <= {"done", "quarantined"}
     assert (out / "cohort.zarr" / "manifest.parquet").exists()
     assert (out / "coronal.png").stat().st_size > 10_000 and (out / "multiecho.png").exists()
+    # The main job ends with the IDP table: one row per visit, and its section in the report.
+    assert "Measures: one row of image-derived phenotypes" in page and '<img src="idps.png"' in page
+    assert f"IDP table: {out / 'idps.parquet'}" in result.output
+    assert len(pd.read_parquet(out / "idps.parquet")) == 2
 
 
 def test_bad_setting_is_reported(tmp_path: Path) -> None:

@@ -231,14 +231,18 @@ def segment(
     )
 
 
-@main.command()
-@click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.option("--labels", help="Label set to measure (labels/<name>).  [default: the store's only one]")
-@click.option(
+#: Option of the commands that write the IDP table.
+_TABLE_DIR = click.option(
     "--table-dir",
     type=click.Path(file_okay=False),
     help="Where idps.parquet and idps.csv go.  [default: the store's parent folder]",
 )
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--labels", help="Label set to measure (labels/<name>).  [default: the store's only one]")
+@_TABLE_DIR
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any visit is quarantined or failed.")
 @_cluster_options
 def measure(
@@ -270,11 +274,7 @@ def _status_counts(counts: dict[str, int]) -> str:
 @main.command()
 @click.argument("bulk", type=click.Path(file_okay=False, exists=True))
 @click.option("--store", type=click.Path(file_okay=False), required=True, help="Cohort store (Zarr v3).")
-@click.option(
-    "--table-dir",
-    type=click.Path(file_okay=False),
-    help="Where idps.parquet and idps.csv go.  [default: the store's parent folder]",
-)
+@_TABLE_DIR
 @click.option(
     "--card",
     type=click.Path(dir_okay=False, exists=True),
@@ -565,13 +565,14 @@ def demo(out: str, sets: tuple[str, ...]) -> None:
     """Run the main job on the embedded default: a synthetic cohort through the pipeline, and its report."""
     from cohortscale.models.card import ModelCard
     from cohortscale.pipeline.cluster import ClusterConfig
-    from cohortscale.pipeline.fitting import FittingConfig, run_fitting
-    from cohortscale.pipeline.fusion import FusionConfig, run_fusion
-    from cohortscale.pipeline.ingest import run_ingest
-    from cohortscale.pipeline.segmentation import SegmentationConfig, labels_path, run_segmentation
+    from cohortscale.pipeline.fitting import FittingConfig
+    from cohortscale.pipeline.fusion import FusionConfig
+    from cohortscale.pipeline.run import run_cohort
+    from cohortscale.pipeline.segmentation import labels_path
     from cohortscale.pipeline.status import status_html
     from cohortscale.report.fitting_report import fitting_html
     from cohortscale.report.fusion_report import fusion_html
+    from cohortscale.report.idp_report import idp_html
     from cohortscale.report.segmentation_report import segmentation_html
     from cohortscale.report.synth_report import write_synth_report
     from cohortscale.synth import synthesize
@@ -581,28 +582,28 @@ def demo(out: str, sets: tuple[str, ...]) -> None:
     summary = synthesize(config, out)
     _echo_summary(summary)
     store = Path(out) / DEMO_STORE
-    cluster = ClusterConfig(workers=config.workers)
-    ingest_report = run_ingest(Path(out) / "bulk", store, cluster=cluster)
-    click.echo(str(ingest_report))
     shape, spacing = fused_shape_spacing(config.scale)
-    fusion = FusionConfig(shape=shape, spacing_mm=spacing, swaps="correct")
-    fusion_report = run_fusion(store, fusion, cluster=cluster)
-    click.echo(str(fusion_report))
-    fitting_report = run_fitting(store, FittingConfig(phase_sign=config.phase_sign), cluster=cluster)
-    click.echo(str(fitting_report))
-    segmentation = SegmentationConfig()  # the packaged default model
-    segmentation_report = run_segmentation(store, segmentation, cluster=cluster)
-    click.echo(str(segmentation_report))
-    labels = labels_path(ModelCard.load(segmentation.card_path()))
+    run = RunConfig(
+        cluster=ClusterConfig(workers=config.workers),
+        fusion=FusionConfig(shape=shape, spacing_mm=spacing, swaps="correct"),
+        fitting=FittingConfig(phase_sign=config.phase_sign),
+    )
+    result = run_cohort(Path(out) / "bulk", store, run)
+    click.echo(str(result))
+    reports = {r.stage: r for r in result.reports}
+    labels = labels_path(ModelCard.load(run.segmentation.card_path()))
     sections = {
-        "Ingest: bulk zips → cohort store": f"<p>{ingest_report}</p>" + status_html(store),
-        "Fusion: six stations → one neck-to-knee volume": fusion_html(store, Path(out), fusion_report),
+        "Ingest: bulk zips → cohort store": f"<p>{reports['ingest']}</p>" + status_html(store),
+        "Fusion: six stations → one neck-to-knee volume": fusion_html(store, Path(out), reports["fusion"]),
         "Fitting: multi-echo slices → PDFF, R2* and iron maps": fitting_html(
-            store, Path(out), fitting_report
+            store, Path(out), reports["fitting"]
         ),
         "Segmentation: fused volumes → labels (packaged default model)": segmentation_html(
-            store, Path(out), segmentation_report, labels
+            store, Path(out), reports["segmentation"], labels
+        ),
+        "Measures: one row of image-derived phenotypes per visit": idp_html(
+            result.tables, Path(out), Path(out) / "truth" / "idps.csv"
         ),
     }
     report = write_synth_report(Path(out), sections)
-    click.echo(f"store: {store}\nreport: {report}")
+    click.echo(f"store: {store}\nIDP table: {result.tables.parquet}\nreport: {report}")

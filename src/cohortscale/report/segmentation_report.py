@@ -13,6 +13,7 @@ import pandas as pd
 
 from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import open_store, participant_rows
+from cohortscale.ops.measure import label_volumes_cm3
 from cohortscale.pipeline.engine import StageReport
 from cohortscale.pipeline.fusion import FUSED
 from cohortscale.report.synth_report import coronal_extent, label_coronal_axes, save_figure
@@ -26,8 +27,6 @@ FIGURE = "segmentation.png"
 PALETTE, PALETTE_COLOURS = "tab20", 20
 #: Opacity of the label colours over the water image.
 OVERLAY_ALPHA = 0.55
-#: Cubic millimetres per cubic centimetre.
-MM3_PER_CM3 = 1000.0
 
 
 def _label_names(root, path: str) -> dict[int, str]:
@@ -45,15 +44,13 @@ def segmentation_table(store: str | Path, path: str) -> pd.DataFrame:
         if key not in latest.index:
             continue
         labels = np.asarray(root[path][row])
-        voxel_mm3 = abs(float(np.linalg.det(np.asarray(root[f"{FUSED}/affine"][row])[:3, :3])))
-        counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
+        affine = np.asarray(root[f"{FUSED}/affine"][row])
+        volumes = label_volumes_cm3(labels, affine, names) if np.isfinite(affine).all() else {}
         record: dict[str, object] = {"participant": key, "status": latest.at[key, "status"]}
         for label, name in names.items():
             if label != 0 and label not in VERTEBRA_IDS:
-                record[f"{name} cm³"] = (
-                    counts[label] * voxel_mm3 / MM3_PER_CM3 if np.isfinite(voxel_mm3) else np.nan
-                )
-        record["vertebral levels"] = int(np.count_nonzero(counts[list(VERTEBRA_IDS)]))
+                record[f"{name} cm³"] = volumes.get(name, np.nan)
+        record["vertebral levels"] = int(np.isin(VERTEBRA_IDS, labels).sum())
         record["message"] = latest.at[key, "message"]
         records.append(record)
     return pd.DataFrame(records)
