@@ -1,0 +1,1 @@
+"""UK Biobank phenotype tables → analysis variables (visit instance, special codes, derived conditions)."""

@@ -1,0 +1,1 @@
+"""Vectorised statistics of image-derived phenotypes: regressions, tests, survival, ROC, PheWAS."""
