@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from cohortscale.ops.measure import (
+    LIVER_IDPS,
+    MARROW_IDPS,
     RoiStatistic,
     SliceMaps,
     body_mask,
@@ -543,6 +545,20 @@ def test_liver_measures_over_the_projected_liver() -> None:
     assert idps["liver_roi_voxels"] == 9.0
     assert idps["liver_pdff"] == pytest.approx(6.0, rel=TIGHT)
     assert idps["liver_r2star"] == pytest.approx(30.0, rel=TIGHT)
+
+
+def test_slice_measures_without_a_fitted_slice() -> None:
+    """No fitted slice (None): every marrow and liver IDP missing, levels empty, "no_multiecho_slice"."""
+    marrow, reason = marrow_measures(
+        None, marrow_labels(), LABELS_AFFINE, MARROW_NAMES, marrow_fused_ff(), 64.0
+    )
+    assert reason == "no_multiecho_slice" and marrow["vbm_levels"] == ""
+    assert set(marrow) == set(MARROW_IDPS) and all(
+        np.isnan(v) for k, v in marrow.items() if k != "vbm_levels"
+    )
+    liver, reason = liver_measures(None, marrow_labels(), LABELS_AFFINE, MARROW_NAMES)
+    assert reason == "no_multiecho_slice" and set(liver) == set(LIVER_IDPS)
+    assert all(np.isnan(v) for v in liver.values())
 
 
 def test_liver_measures_without_liver_in_the_slice() -> None:

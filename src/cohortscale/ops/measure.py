@@ -28,6 +28,11 @@ ARM_CORE_FRACTION = 0.25
 #: How far an arm claims subcutaneous fat, mm: its own fat layer (6–18 mm in the synthetic anatomy),
 #: not the hips' fat where the hands rest against them.
 ARM_FAT_MM = 10.0
+#: IDPs of one multi-echo slice (suffixed with the field by the measure stage).
+MARROW_IDPS = ("vbm_roi_voxels", "vbm_pdff", "vbm_ff", "vbm_r2star", "vbm_iron", "vbm_levels")
+LIVER_IDPS = ("liver_roi_voxels", "liver_pdff", "liver_r2star")
+#: Reason of slice measures missing because the visit has no fitted multi-echo slice.
+NO_SLICE = "no_multiecho_slice"
 #: Groups of :func:`body_measures` that report a reason when their measures are missing.
 BODY_GROUPS = ("thigh", "fat", "femur")
 #: Names a vertebral-body label may carry: one merged class, or its levels C3–S1.
@@ -262,7 +267,7 @@ class SliceMaps:
 
 
 def marrow_measures(
-    slice_maps: SliceMaps,
+    slice_maps: SliceMaps | None,
     labels: np.ndarray,
     labels_affine: np.ndarray,
     names: Mapping[int, str],
@@ -277,7 +282,8 @@ def marrow_measures(
 
     Parameters
     ----------
-    slice_maps : SliceMaps
+    slice_maps : SliceMaps or None
+        None when the visit has no fitted slice.
     labels : ndarray of int, (slices, rows, columns)
         Label volume on the fused grid, with ``labels_affine``.
     names : mapping of int to str
@@ -293,20 +299,17 @@ def marrow_measures(
         ``vbm_roi_voxels`` (pixels of the ROI), ``vbm_pdff`` (%), ``vbm_ff`` (%), ``vbm_r2star`` (s⁻¹),
         ``vbm_iron`` (mg/g), ``vbm_levels`` (levels crossed, e.g. ``"L1"``); NaN (``""``) when excluded.
     reason : str
-        ``""`` when measured, else ``"no_intersection"`` (the slice misses every vertebral body) or
-        ``"roi_too_small"``.
+        ``""`` when measured, else ``"no_multiecho_slice"``, ``"no_intersection"`` (the slice misses every
+        vertebral body) or ``"roi_too_small"``.
     """
+    idps: dict[str, float | str] = {name: np.nan for name in MARROW_IDPS}
+    idps["vbm_levels"] = ""
+    if slice_maps is None:
+        return idps, NO_SLICE
     shape = slice_maps.pdff.shape
     projected = sample_on_slice(labels, labels_affine, shape, slice_maps.affine)
     roi = np.isin(projected, ids_named(names, VERTEBRA_NAMES))
-    idps: dict[str, float | str] = {
-        "vbm_roi_voxels": float(roi.sum()),
-        "vbm_pdff": np.nan,
-        "vbm_ff": np.nan,
-        "vbm_r2star": np.nan,
-        "vbm_iron": np.nan,
-        "vbm_levels": levels_crossed(projected[roi], names),
-    }
+    idps.update(vbm_roi_voxels=float(roi.sum()), vbm_levels=levels_crossed(projected[roi], names))
     if not roi.any():
         return idps, "no_intersection"
     if roi.sum() * slice_maps.pixel_area_mm2 < min_roi_area_mm2:
@@ -325,17 +328,20 @@ def marrow_measures(
 
 
 def liver_measures(
-    slice_maps: SliceMaps, labels: np.ndarray, labels_affine: np.ndarray, names: Mapping[int, str]
+    slice_maps: SliceMaps | None, labels: np.ndarray, labels_affine: np.ndarray, names: Mapping[int, str]
 ) -> tuple[dict[str, float], str]:
-    """Liver PDFF (%) and R2* (s⁻¹): medians over the liver label carried into the slice.
+    """Liver PDFF (%) and R2* (s⁻¹): medians over the liver label carried into the slice (None: the visit
+    has no fitted slice).
 
     Returns
     -------
     idps : dict
         ``liver_roi_voxels``, ``liver_pdff``, ``liver_r2star``.
     reason : str
-        ``""`` when measured, ``"no_liver_in_slice"`` otherwise.
+        ``""`` when measured, else ``"no_multiecho_slice"`` or ``"no_liver_in_slice"``.
     """
+    if slice_maps is None:
+        return {name: np.nan for name in LIVER_IDPS}, NO_SLICE
     projected = sample_on_slice(labels, labels_affine, slice_maps.pdff.shape, slice_maps.affine)
     liver = np.isin(projected, ids_named(names, ["liver"])) & slice_maps.usable
     pdff, r2star = roi_median(slice_maps.pdff, liver), roi_median(slice_maps.r2star, liver)

@@ -161,12 +161,8 @@ def measure_visit(
     for field_id in sorted(layout_of(root).multiecho):
         maps = read_slice_maps(root, row, field_id, config.excluded_quality)
         suffix = f"_{field_id}"
-        if maps is None:
-            marrow, marrow_reason = _empty_marrow(), "no_multiecho_slice"
-            liver, liver_reason = _empty_liver(), "no_multiecho_slice"
-        else:
-            marrow, marrow_reason = marrow_measures(maps, labels, affine, names, ff, config.min_roi_area_mm2)
-            liver, liver_reason = liver_measures(maps, labels, affine, names)
+        marrow, marrow_reason = marrow_measures(maps, labels, affine, names, ff, config.min_roi_area_mm2)
+        liver, liver_reason = liver_measures(maps, labels, affine, names)
         idps.update({f"{k}{suffix}": v for k, v in {**marrow, **liver}.items()})
         qc.update({f"vbm{suffix}": marrow_reason, f"liver{suffix}": liver_reason})
     _write_row(store, visit.key, {"participant": visit.key, "labels": label_set, "idps": idps, "qc": qc})
@@ -175,21 +171,6 @@ def measure_visit(
         f"; excluded: {excluded}" if excluded else ""
     )
     return Outcome(visit.key, "done", "", message, time.perf_counter() - start)
-
-
-def _empty_marrow() -> dict[str, float | str]:
-    return {
-        "vbm_roi_voxels": np.nan,
-        "vbm_pdff": np.nan,
-        "vbm_ff": np.nan,
-        "vbm_r2star": np.nan,
-        "vbm_iron": np.nan,
-        "vbm_levels": "",
-    }
-
-
-def _empty_liver() -> dict[str, float]:
-    return {"liver_roi_voxels": np.nan, "liver_pdff": np.nan, "liver_r2star": np.nan}
 
 
 @dataclass(frozen=True)
