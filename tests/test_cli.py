@@ -54,6 +54,8 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     assert "Measures: one row of image-derived phenotypes" in page and '<img src="idps.png"' in page
     assert f"IDP table: {out / 'idps.parquet'}" in result.output
     assert len(pd.read_parquet(out / "idps.parquet")) == 2
+    # ... and the statistics of the study recipes, linked from the page.
+    assert 'href="analysis/report.html"' in page and (out / "analysis" / "report.html").exists()
 
 
 def test_bad_setting_is_reported(tmp_path: Path) -> None:

@@ -15,6 +15,10 @@ from cohortscale.pipeline.run import RunConfig
 
 #: Where the demo writes its cohort store, inside its output folder.
 DEMO_STORE = "cohort.zarr"
+#: Folders of the demo's phenotype-only cohort and of its statistics, inside its output folder.
+DEMO_POPULATION, DEMO_ANALYSIS = "population", "analysis"
+#: Participants of the phenotype-only cohort the demo runs the study recipes on.
+DEMO_STATISTICS_PARTICIPANTS = 5000
 #: Folder of ``train --synth``'s generated cohort (and its store), inside the model folder.
 TRAINING_DATA = "data"
 #: Settings of the embedded demo: a small cohort at quarter scale where anomalies are common enough to see.
@@ -307,6 +311,60 @@ def run(
     click.echo(str(summary))
     if strict and (summary.tables.table["status"] != "measured").any():
         raise SystemExit(1)
+
+
+@main.command()
+@click.option(
+    "--idps",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="IDP table: idps.parquet of a run, or a synthetic cohort's truth/idps.csv.",
+)
+@click.option(
+    "--phenotypes",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="UK Biobank phenotype export (ukbconv CSV, R .tab or research-platform CSV).",
+)
+@click.option(
+    "--recipe",
+    "recipes",
+    multiple=True,
+    metavar="NAME|FILE",
+    help="Recipe to run (repeatable): vbm, thigh, spine-age, phewas or a TOML file.  [default: all four]",
+)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Results folder.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write OUT/report.html too.")
+def analyse(idps: str, phenotypes: str, recipes: tuple[str, ...], out: str, report: bool) -> None:
+    """Run study recipes on an IDP table joined with phenotypes: one folder of result tables per recipe
+    (and the HTML report of them all)."""
+    from cohortscale.analysis.run import run_recipes
+
+    try:
+        results = run_recipes(idps, phenotypes, out, list(recipes) or None)
+    except (ValueError, KeyError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    for result in results:
+        steps = len(result.recipe.steps)
+        click.echo(
+            f"{result.recipe.name}: {result.participants} participants, {steps} steps → {result.folder}"
+        )
+    if report:
+        _write_report(out)
+
+
+def _write_report(results: str) -> None:
+    from cohortscale.report.analysis_report import write_analysis_report
+
+    click.echo(f"report: {write_analysis_report(results)}")
+
+
+@main.command()
+@click.argument("results", type=click.Path(file_okay=False, exists=True))
+def report(results: str) -> None:
+    """Write RESULTS/report.html from the recipe result folders of `cohortscale analyse`: Table 1, the
+    correlation heatmap, forest plots, box plots, odds ratios, Kaplan–Meier curves and the PheWAS plot."""
+    _write_report(results)
 
 
 #: ``cohortscale train`` options → settings of ``DefaultTrainingConfig`` (dotted for its sections).
@@ -604,6 +662,41 @@ def demo(out: str, sets: tuple[str, ...]) -> None:
         "Measures: one row of image-derived phenotypes per visit": idp_html(
             result.tables, Path(out), Path(out) / "truth" / "idps.csv"
         ),
+        "Statistics: the study recipes": _demo_statistics(config, Path(out)),
     }
     report = write_synth_report(Path(out), sections)
     click.echo(f"store: {store}\nIDP table: {result.tables.parquet}\nreport: {report}")
+
+
+def _demo_statistics(config: SynthConfig, out: Path) -> str:
+    """Run the packaged recipes on a phenotype-only cohort (its truth IDPs) and return the report section.
+
+    A handful of imaged visits cannot power the studies' statistics, so the demo also generates
+    :data:`DEMO_STATISTICS_PARTICIPANTS` participants without images (phenotypes and their IDPs) and runs
+    the recipes there, with the same generative model as the imaged cohort.
+    """
+    from dataclasses import replace
+
+    from cohortscale.analysis.run import run_recipes
+    from cohortscale.report.analysis_report import write_analysis_report
+    from cohortscale.synth import synthesize
+
+    population = out / DEMO_POPULATION
+    synthesize(replace(config, participants=DEMO_STATISTICS_PARTICIPANTS, images=False), population, False)
+    results = run_recipes(
+        population / "truth" / "idps.csv", population / "phenotypes.csv", out / DEMO_ANALYSIS
+    )
+    report = write_analysis_report(out / DEMO_ANALYSIS)
+    click.echo(f"statistics: {len(results)} recipes → {report}")
+    items = "".join(
+        f"<li>{r.recipe.title}: {r.participants} participants, {len(r.recipe.steps)} analyses</li>"
+        for r in results
+    )
+    link = report.relative_to(out).as_posix()
+    return (
+        f"<p>The packaged recipes (<code>cohortscale analyse</code>) on {DEMO_STATISTICS_PARTICIPANTS:,} "
+        f"participants generated without images (<code>{DEMO_POPULATION}/</code>: phenotypes and IDPs), "
+        f'since the imaged visits are too few for statistics:</p><ul>{items}</ul><p><a href="{link}">'
+        "The statistics report</a>: Table 1 by sex, correlation heatmaps, forest plots, odds ratios, "
+        "Kaplan–Meier curves and the PheWAS plot.</p>"
+    )
