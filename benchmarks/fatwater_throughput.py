@@ -16,48 +16,35 @@ Run: ``.venv/bin/python benchmarks/fatwater_throughput.py [--threads N] [--repea
 
 from __future__ import annotations
 
+# isort: off
+from threads import THREAD_VARIABLES, THREADS  # first: pins the BLAS/OpenMP pools before NumPy loads
+
+# isort: on
+import argparse
+import contextlib
+import importlib.metadata
 import os
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 
-def _threads_from_argv(argv: list[str]) -> int:
-    """``--threads`` from the command line, read before NumPy starts its thread pools."""
-    for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return os.cpu_count() or 1
-
-
-THREADS = _threads_from_argv(sys.argv)
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-for _variable in THREAD_VARIABLES:
-    os.environ[_variable] = str(THREADS)
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib.metadata  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import cohortscale  # noqa: E402
-from cohortscale.backend import array_module, gpu_available, to_numpy  # noqa: E402
-from cohortscale.io.challenge import (  # noqa: E402
+import cohortscale
+from cohortscale.backend import array_module, gpu_available, to_numpy
+from cohortscale.io.challenge import (
     ChallengeCase,
     challenge_fat_fraction,
     challenge_score,
     load_challenge,
 )
-from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, multiecho_signal  # noqa: E402
-from cohortscale.protocols import GAMMA_BAR_MHZ_PER_T  # noqa: E402
-from common import write_results  # noqa: E402
+from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, multiecho_signal
+from cohortscale.protocols import GAMMA_BAR_MHZ_PER_T
+from common import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/ismrm2012"

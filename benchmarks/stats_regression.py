@@ -28,38 +28,24 @@ Run: ``cd benchmarks && ../.venv/bin/python stats_regression.py [--threads N]``.
 
 from __future__ import annotations
 
-import os
-import sys
+# isort: off
+from threads import THREADS  # first: pins the BLAS/OpenMP pools before NumPy loads
+# isort: on
 
+import argparse
+import time
+import warnings
+from collections.abc import Callable
 
-def _threads_from_argv(argv: list[str]) -> int:
-    """``--threads`` from the command line, read before NumPy starts its thread pools."""
-    for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return os.cpu_count() or 1
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+import statsmodels.formula.api as smf
+from scipy import optimize, stats
 
-
-THREADS = _threads_from_argv(sys.argv)
-for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_variable] = str(THREADS)
-
-import argparse  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import statsmodels.api as sm  # noqa: E402
-import statsmodels.formula.api as smf  # noqa: E402
-from scipy import optimize, stats  # noqa: E402
-
-from cohortscale.stats.logistic import logit_many  # noqa: E402
-from cohortscale.stats.ols import ols_many  # noqa: E402
-from common import write_results  # noqa: E402
+from cohortscale.stats.logistic import logit_many
+from cohortscale.stats.ols import ols_many
+from common import write_results
 
 PARTICIPANTS = 30_000
 LINEAR_OUTCOMES = 1_000

@@ -128,6 +128,20 @@ def test_weighted_gram_matches_explicit_product() -> None:
         np.testing.assert_allclose(gram[g], x.T @ (w[:, g, None] * x), rtol=TIGHT)
 
 
+def test_gram_of_rows_dense_and_sparse_agree_with_explicit_products() -> None:
+    """Masks missing few rows (all rows less a sparse sum over the missing) and many (dense product) give
+    xᵀx over each mask's rows to 1e-12."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 5))
+    pairs = PairProducts.of(x)
+    for absent_share in (0.03, 0.6):
+        present = rng.random((400, 7)) >= absent_share
+        gram = pairs.gram_of_rows(present)
+        for g in range(7):
+            rows = x[present[:, g]]
+            np.testing.assert_allclose(gram[g], rows.T @ rows, rtol=1e-12, atol=1e-9)
+
+
 def test_dependent_columns_are_dropped() -> None:
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=50), rng.normal(size=50)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse
 
 from cohortscale.backend import array_module, to_numpy
 
@@ -61,6 +62,9 @@ CI_LEVEL = 0.95
 #: Size of one (rows × outcomes) float64 work array: outcomes are processed in blocks this large, which
 #: keeps the many element-wise passes in memory the allocator reuses (fresh pages are slow to fault in).
 BLOCK_BYTES = 4 * 2**20
+#: Share of missing rows below which Gram matrices are computed as all rows less the missing ones (a sparse
+#: product); above it the dense product over the present rows is cheaper.
+SPARSE_ABSENT_SHARE = 0.2
 #: Name of the intercept column (as statsmodels formulas name it).
 INTERCEPT = "Intercept"
 #: Largest share of a column's sum of squares left after projection on the columns before it (over a
@@ -254,8 +258,23 @@ class PairProducts:
 
     def gram(self, weights: Any) -> Any:
         """Weighted Gram matrices ``xᵀ diag(w) x`` for every column of ``weights`` (n, g): shape (g, k, k)."""
-        xp = array_module(weights)
-        flat = weights.T @ self.values
+        return self._unpack(weights.T @ self.values)
+
+    def gram_of_rows(self, present: np.ndarray) -> Any:
+        """Gram matrices over the rows of each column of the boolean mask ``present`` (n, g).
+
+        When few rows are missing, the Gram over all rows less a sparse sum over the missing ones costs a
+        fraction of the dense product (UK Biobank IDPs miss a few per cent of participants each).
+        """
+        xp = array_module(self.values)
+        if xp is not np or present.size == 0 or present.mean() < 1.0 - SPARSE_ABSENT_SHARE:
+            return self.gram(xp.asarray(present, dtype=np.float64))
+        absent = scipy.sparse.csc_matrix(~present, dtype=np.float64)
+        return self._unpack(self.values.sum(axis=0)[None, :] - absent.T @ self.values)
+
+    def _unpack(self, flat: Any) -> Any:
+        """(g, k, k) symmetric matrices from their upper triangles (g, k(k+1)/2)."""
+        xp = array_module(flat)
         out = xp.empty((flat.shape[0], self.k, self.k))
         i, j = self.upper
         out[:, i, j] = flat
@@ -343,7 +362,7 @@ def missingness_patterns(frame: ModelFrame, pairs: PairProducts | None = None) -
     xp = array_module(pairs.values)
     gram = xp.empty((len(first), pairs.k, pairs.k))
     for block in outcome_blocks(np.arange(len(first)), len(rows)):
-        gram[xp.asarray(block)] = pairs.gram(xp.asarray(rows[:, block], dtype=np.float64))
+        gram[xp.asarray(block)] = pairs.gram_of_rows(rows[:, block])
     return Patterns(rows, of_outcome, gram, independent_columns(gram))
 
 
