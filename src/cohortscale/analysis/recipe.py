@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: The packaged recipes in the order of their studies (STUDIES.md §1, §2, §3, §5).
+STUDY_ORDER = ("vbm", "thigh", "spine-age", "phewas")
 #: Folder of the packaged recipes.
 RECIPES_DIR = Path(__file__).parent / "recipes"
 

@@ -30,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
+from cohortscale.analysis.recipe import STUDY_ORDER
 from cohortscale.analysis.run import DATA, MANIFEST
 from cohortscale.pipeline.reduce import describe
 from cohortscale.report.synth_report import save_figure
@@ -862,7 +863,11 @@ def write_analysis_report(
     results_dir = Path(results_dir)
     page = Path(out_html) if out_html is not None else results_dir / PAGE
     page.parent.mkdir(parents=True, exist_ok=True)
-    folders = sorted(p.parent for p in results_dir.glob(f"*/{MANIFEST}"))
+    # The packaged recipes in the order of their studies (STUDIES.md), then any others by name.
+    folders = sorted(
+        (p.parent for p in results_dir.glob(f"*/{MANIFEST}")),
+        key=lambda f: (STUDY_ORDER.index(f.name) if f.name in STUDY_ORDER else len(STUDY_ORDER), f.name),
+    )
     parts = [HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1>"]
     if folders:
         parts += [_contents(folders), *(recipe_html(folder, page.parent) for folder in folders)]
