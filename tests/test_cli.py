@@ -89,3 +89,22 @@ def test_fit_command(make_cohort, tmp_path: Path) -> None:
     assert "fitting" in status.output and "no_multiecho" in status.output
     bad = CliRunner().invoke(main, ["fit", str(store), "--set", "fitting.spectrum=olive_oil"])
     assert bad.exit_code == 2 and "olive_oil" in bad.output and "Traceback" not in bad.output
+
+
+def test_analyse_and_report(tmp_path: Path) -> None:
+    """analyse runs recipes on a phenotype-only cohort, prints the models' summaries and writes the report;
+    report rewrites it from the result folders; a bad recipe name is a usage error."""
+    cohort = tmp_path / "pheno"
+    made = CliRunner().invoke(main, ["synth", "--participants", "1500", "--no-images", "--out", str(cohort)])
+    assert made.exit_code == 0, made.output
+    args = ["--idps", str(cohort / "truth" / "idps.csv"), "--phenotypes", str(cohort / "phenotypes.csv")]
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["analyse", *args, "--recipe", "thigh", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "thigh: 1500 participants, 5 steps" in result.output and "per decade" in result.output
+    assert (out / "thigh" / "pa_tertiles.csv").exists() and (out / "report.html").exists()
+    (out / "report.html").unlink()
+    again = CliRunner().invoke(main, ["report", str(out)])
+    assert again.exit_code == 0 and (out / "report.html").exists()
+    bad = CliRunner().invoke(main, ["analyse", *args, "--recipe", "nope", "--out", str(out)])
+    assert bad.exit_code == 2 and "no packaged recipe" in bad.output

@@ -15,6 +15,8 @@ from cohortscale.pipeline.run import RunConfig
 
 #: Where the demo writes its cohort store, inside its output folder.
 DEMO_STORE = "cohort.zarr"
+#: Recipe steps whose results ``analyse`` prints (models with an estimate, interval and p per row).
+SUMMARISED_KINDS = ("ols", "logit", "tertile_logit", "cox", "decline")
 #: Folders of the demo's phenotype-only cohort and of its statistics, inside its output folder.
 DEMO_POPULATION, DEMO_ANALYSIS = "population", "analysis"
 #: Participants of the phenotype-only cohort the demo runs the study recipes on.
@@ -339,6 +341,7 @@ def analyse(idps: str, phenotypes: str, recipes: tuple[str, ...], out: str, repo
     """Run study recipes on an IDP table joined with phenotypes: one folder of result tables per recipe
     (and the HTML report of them all)."""
     from cohortscale.analysis.run import run_recipes
+    from cohortscale.stats.summary import summary
 
     try:
         results = run_recipes(idps, phenotypes, out, list(recipes) or None)
@@ -349,6 +352,9 @@ def analyse(idps: str, phenotypes: str, recipes: tuple[str, ...], out: str, repo
         click.echo(
             f"{result.recipe.name}: {result.participants} participants, {steps} steps → {result.folder}"
         )
+        for step in result.recipe.steps:
+            if step.kind in SUMMARISED_KINDS:
+                click.echo(summary(result.tables[step.name], f"  {step.title or step.name}"))
     if report:
         _write_report(out)
 

@@ -22,6 +22,7 @@ from cohortscale.stats.multiple import adjust, bonferroni, fdr_bh
 from cohortscale.stats.ols import decline_per_decade, ols_many
 from cohortscale.stats.phewas import phewas
 from cohortscale.stats.roc import auroc, delong_test
+from cohortscale.stats.summary import summary
 from cohortscale.stats.survival import cox_ph, kaplan_meier
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "one_way_anova",
     "phewas",
     "significant",
+    "summary",
     "t_test",
     "table_one",
 ]
