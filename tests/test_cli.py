@@ -108,3 +108,12 @@ def test_analyse_and_report(tmp_path: Path) -> None:
     assert again.exit_code == 0 and (out / "report.html").exists()
     bad = CliRunner().invoke(main, ["analyse", *args, "--recipe", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "no packaged recipe" in bad.output
+
+
+def test_run_on_a_folder_without_bulk_zips(tmp_path: Path) -> None:
+    """A run pointed at a folder holding no bulk zips is a usage error, not an empty table."""
+    (tmp_path / "bulk").mkdir()
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "bulk"), "--store", str(tmp_path / "c.zarr"), "--workers", "1"]
+    )
+    assert result.exit_code == 2 and "no UK Biobank bulk zips" in result.output

@@ -134,7 +134,7 @@ def collect_table(store: str | Path) -> pd.DataFrame:
         else:
             row.update(status="pending", reason="")
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=None if rows else [*KEYS, *STATUS_COLUMNS])
     qc = sorted(c for c in table.columns if c.startswith("qc_"))
     for column in qc:
         table[column] = table[column].fillna("")

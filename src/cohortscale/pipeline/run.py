@@ -107,6 +107,8 @@ def _stages(
 
     def ingest() -> tuple[Stage, list[Visit]]:
         visits = prepare_store(bulk, store, config.ingest)
+        if not visits:
+            raise ValueError(f"no UK Biobank bulk zips (<eid>_<field>_<instance>_<array>.zip) in {bulk}")
         requeue_changed_inputs(store, visits)
         return IngestStage(store_text, config.ingest), visits
 
