@@ -121,3 +121,15 @@ def test_planted_effects_coverage_100_replicates(tmp_path) -> None:
     assert (table["coverage"] >= 0.88).all(), table
     assert abs(table["coverage"].mean() - 0.95) <= 0.015
     assert np.isfinite(table["truth"]).all()
+
+
+def test_a_step_the_data_cannot_support_is_recorded_and_the_rest_runs(tmp_path) -> None:
+    """Eight participants: the imaging-age model cannot be cross-validated (and the steps that use it have
+    no PAD), so they are recorded as not run, with why, while the vbm recipe's steps still run."""
+    table, codes = synthetic(8, seed=1)
+    spine = run_recipe(load_recipe("spine-age"), table, tmp_path, codes)
+    assert "n_folds" in spine.failures["age_model"] and "mortality" in spine.failures
+    manifest = (tmp_path / "spine-age" / "results.json").read_text()
+    assert '"error"' in manifest and not (tmp_path / "spine-age" / "age_model.csv").exists()
+    vbm = run_recipe(load_recipe("vbm"), table, tmp_path, codes)
+    assert "table1" in vbm.tables and "table1" not in vbm.failures

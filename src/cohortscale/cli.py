@@ -353,7 +353,9 @@ def analyse(idps: str, phenotypes: str, recipes: tuple[str, ...], out: str, repo
             f"{result.recipe.name}: {result.participants} participants, {steps} steps → {result.folder}"
         )
         for step in result.recipe.steps:
-            if step.kind in SUMMARISED_KINDS:
+            if step.name in result.failures:
+                click.echo(f"  not run: {result.failures[step.name]}")
+            elif step.kind in SUMMARISED_KINDS:
                 click.echo(summary(result.tables[step.name], f"  {step.title or step.name}"))
     if report:
         _write_report(out)

@@ -8,6 +8,7 @@ call of a :mod:`cohortscale.stats` function; the mapping is :data:`STEP_KINDS`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -218,9 +219,7 @@ def _phewas(
 ):
     if ctx.codes is None:
         raise ValueError("a phewas step needs the phenotype table's ICD-10 records (field 41270)")
-    return phewas_scan(
-        ctx.data, idp, ctx.codes, list(covariates), min_cases=min_cases, profile_ci=profile_ci
-    )
+    return phewas_scan(ctx.data, idp, ctx.codes, list(covariates), min_cases=min_cases, profile_ci=profile_ci)
 
 
 def _gwas_export(
@@ -288,6 +287,7 @@ class RecipeResults:
     folder: Path
     tables: dict[str, pd.DataFrame]
     participants: int
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def run_recipe(
@@ -314,13 +314,19 @@ def run_recipe(
     ctx = Context(apply_transforms(table, recipe.transforms), codes, folder)
     tables: dict[str, pd.DataFrame] = {}
     manifest = []
+    failures: dict[str, str] = {}
     for step in recipe.steps:
-        tables[step.name] = _run_step(step, ctx)
-        file = f"{step.name}.csv"
-        tables[step.name].to_csv(folder / file, index=False)
-        manifest.append(
-            {"name": step.name, "kind": step.kind, "title": step.title, "file": file, **step.options}
-        )
+        entry = {"name": step.name, "kind": step.kind, "title": step.title, "file": f"{step.name}.csv"}
+        (folder / entry["file"]).unlink(missing_ok=True)  # no stale result of an earlier run
+        try:
+            tables[step.name] = _run_step(step, ctx)
+        except StepFailed as failed:
+            # The data cannot support this analysis (too few participants, no events, a missing column):
+            # the other steps still run, and the manifest and the report say why this one has no table.
+            failures[step.name] = entry["error"] = str(failed)
+        else:
+            tables[step.name].to_csv(folder / entry["file"], index=False)
+        manifest.append({**entry, **step.options})
     ctx.data.to_parquet(folder / DATA)
     summary = {
         "recipe": recipe.name,
@@ -330,16 +336,31 @@ def run_recipe(
         "steps": manifest,
     }
     (folder / MANIFEST).write_text(json.dumps(summary, indent=1, default=str))
-    return RecipeResults(recipe, folder, tables, len(ctx.data))
+    return RecipeResults(recipe, folder, tables, len(ctx.data), failures)
+
+
+class StepFailed(RuntimeError):
+    """A step whose data cannot support it (raised by the statistics, e.g. too few rows or no events)."""
 
 
 def _run_step(step: Step, ctx: Context) -> pd.DataFrame:
+    """Run one step.
+
+    Raises
+    ------
+    ValueError
+        The recipe is wrong: an unknown kind, an option the kind does not take, or a missing option.
+    StepFailed
+        The data cannot support the step.
+    """
     if step.kind not in STEP_KINDS:
         raise ValueError(f"step {step.name}: unknown kind {step.kind!r} (one of {sorted(STEP_KINDS)})")
     try:
         return STEP_KINDS[step.kind](ctx, **step.options)
     except TypeError as exc:  # an option the kind does not take, or a missing one
         raise ValueError(f"step {step.name} ({step.kind}): {exc}") from exc
+    except (ValueError, KeyError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise StepFailed(f"step {step.name} ({step.kind}): {exc}") from exc
 
 
 def run_recipes(

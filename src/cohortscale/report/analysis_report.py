@@ -753,6 +753,8 @@ def step_html(recipe: str, step: dict[str, Any], folder: Path, page_dir: Path) -
         "</h3>"
     ]
     table, problem = read_step_table(csv)
+    if "error" in step:  # the runner could not run the step on these data
+        table, problem = None, f"Not run: {step['error']}"
     if table is None:
         return parts[0] + f'<p class="missing">{html.escape(problem)}</p>'
     options = {k: v for k, v in step.items() if k not in ("name", "kind", "title", "file")}
