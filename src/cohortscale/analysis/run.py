@@ -23,6 +23,7 @@ from cohortscale.analysis.recipe import Recipe, Step
 from cohortscale.pheno.derive import tertiles
 from cohortscale.pheno.gwas import write_gwas_files
 from cohortscale.stats import agebias, correlation, hypothesis, logistic, ols, roc, survival
+from cohortscale.stats.design import strata_rows
 from cohortscale.stats.multiple import adjust
 from cohortscale.stats.phewas import phewas as phewas_scan
 
@@ -59,8 +60,9 @@ def _correlation(
     """Correlation of every x with every y (per stratum), with −log10 p and the corrected threshold over
     all strata's tests."""
     tables = []
-    for level, rows in _strata(ctx.data, by):
-        result = correlation.correlation_matrix(rows[x], rows[y], method=method).tidy()
+    for level, rows in strata_rows(ctx.data, by):
+        part = ctx.data[rows]
+        result = correlation.correlation_matrix(part[x], part[y], method=method).tidy()
         tables.append(result.assign(stratum=level))
     table = pd.concat(tables, ignore_index=True)
     adjusted = adjust(table["p"].to_numpy(), correction, alpha)
@@ -253,12 +255,6 @@ STEP_KINDS: dict[str, Callable[..., pd.DataFrame]] = {
     "phewas": _phewas,
     "gwas_export": _gwas_export,
 }
-
-
-def _strata(data: pd.DataFrame, by: str | None):
-    if by is None:
-        return [(None, data)]
-    return [(level, rows) for level, rows in data.groupby(by, observed=True)]
 
 
 def apply_transforms(data: pd.DataFrame, transforms: dict[str, str]) -> pd.DataFrame:

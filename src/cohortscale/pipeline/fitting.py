@@ -334,8 +334,8 @@ def _attrs(path: str, config: FittingConfig, settings: dict) -> dict:
     }
 
 
-def prepare_fitting(store: str | Path, config: FittingConfig) -> list[Visit]:
-    """Create the stage's arrays and return the visits ready for it (ingest done).
+def prepare_fitting(store: str | Path, config: FittingConfig) -> tuple[FittingStage, list[Visit]]:
+    """Create the stage's arrays and return the stage and the visits ready for it (ingest done).
 
     Visits fitted with other settings are fitted again (a "failed" record, reason ``config_changed``);
     visits ingest has quarantined since they were fitted lose their maps.
@@ -361,7 +361,7 @@ def prepare_fitting(store: str | Path, config: FittingConfig) -> list[Visit]:
     for visit in visits:
         if visit.key not in ready_keys and any(np.isfinite(a[visit.index]).all() for a in affines.values()):
             clear_row(root, visit.index, config, layout)
-    return ready
+    return FittingStage(str(store), config), ready
 
 
 def run_fitting(
@@ -383,6 +383,4 @@ def run_fitting(
     -------
     StageReport
     """
-    config = config or FittingConfig()
-    visits = prepare_fitting(store, config)
-    return run_on_cluster(FittingStage(str(store), config), visits, store, engine, cluster)
+    return run_on_cluster(*prepare_fitting(store, config or FittingConfig()), store, engine, cluster)

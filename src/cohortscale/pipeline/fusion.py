@@ -217,8 +217,8 @@ class FusionStage:
         return [fuse_visit(root, visit, self.config, xp) for visit in visits]
 
 
-def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
-    """Create the stage's arrays and return the visits ready for it (ingest done).
+def prepare_fusion(store: str | Path, config: FusionConfig) -> tuple[FusionStage, list[Visit]]:
+    """Create the stage's arrays and return the stage and the visits ready for it (ingest done).
 
     Visits fused with other settings are fused again (a "failed" record, reason ``config_changed``);
     visits ingest has quarantined since they were fused lose their fused rows.
@@ -245,7 +245,7 @@ def prepare_fusion(store: str | Path, config: FusionConfig) -> list[Visit]:
     for visit in visits:
         if visit.key not in ready_keys and np.isfinite(affines[visit.index]).all():
             clear_row(root, visit.index, config, len(numbers))
-    return ready
+    return FusionStage(str(store), config), ready
 
 
 def run_fusion(
@@ -267,9 +267,7 @@ def run_fusion(
     -------
     StageReport
     """
-    config = config or FusionConfig()
-    visits = prepare_fusion(store, config)
-    return run_on_cluster(FusionStage(str(store), config), visits, store, engine, cluster)
+    return run_on_cluster(*prepare_fusion(store, config or FusionConfig()), store, engine, cluster)
 
 
 def fused_grid(root: zarr.Group, participant: str) -> Grid:

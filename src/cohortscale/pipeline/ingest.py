@@ -552,9 +552,16 @@ def run_ingest(
     StageReport
         Done / quarantined / failed / skipped counts with reasons; ``manifest.parquet`` is rewritten.
     """
-    config = config or IngestConfig()
-    visits = prepare_store(bulk, store, config)
-    requeue_changed_inputs(store, visits)
-    report = run_on_cluster(IngestStage(str(store), config), visits, store, engine, cluster)
+    report = run_on_cluster(*prepare_ingest(bulk, store, config or IngestConfig()), store, engine, cluster)
     consolidate_manifest(store)
     return report
+
+
+def prepare_ingest(
+    bulk: str | Path, store: str | Path, config: IngestConfig
+) -> tuple[IngestStage, list[Visit]]:
+    """Create or extend the store for the visits of ``bulk`` and return the stage and those visits; visits
+    whose bulk files changed since they were ingested are ingested again."""
+    visits = prepare_store(bulk, store, config)
+    requeue_changed_inputs(store, visits)
+    return IngestStage(str(store), config), visits

@@ -16,15 +16,9 @@ from pathlib import Path
 from cohortscale.models.card import ModelCard
 from cohortscale.pipeline.cluster import ClusterConfig, connect
 from cohortscale.pipeline.engine import EngineConfig, Stage, StageReport, Visit, run_stage
-from cohortscale.pipeline.fitting import FittingConfig, FittingStage, prepare_fitting
-from cohortscale.pipeline.fusion import FusionConfig, FusionStage, prepare_fusion
-from cohortscale.pipeline.ingest import (
-    IngestConfig,
-    IngestStage,
-    consolidate_manifest,
-    prepare_store,
-    requeue_changed_inputs,
-)
+from cohortscale.pipeline.fitting import FittingConfig, prepare_fitting
+from cohortscale.pipeline.fusion import FusionConfig, prepare_fusion
+from cohortscale.pipeline.ingest import IngestConfig, consolidate_manifest, prepare_ingest
 from cohortscale.pipeline.measure import MeasureConfig, prepare_measure
 from cohortscale.pipeline.reduce import IdpTables, reduce_idps
 from cohortscale.pipeline.segmentation import SegmentationConfig, prepare_segmentation
@@ -103,14 +97,12 @@ def _stages(
     bulk: str | Path, store: str | Path, config: RunConfig
 ) -> list[Callable[[], tuple[Stage, list[Visit]]]]:
     """Each stage's preparation, in run order: it readies the store and returns the stage and its visits."""
-    store_text = str(store)
 
     def ingest() -> tuple[Stage, list[Visit]]:
-        visits = prepare_store(bulk, store, config.ingest)
+        stage, visits = prepare_ingest(bulk, store, config.ingest)
         if not visits:
             raise ValueError(f"no UK Biobank bulk zips (<eid>_<field>_<instance>_<array>.zip) in {bulk}")
-        requeue_changed_inputs(store, visits)
-        return IngestStage(store_text, config.ingest), visits
+        return stage, visits
 
     def measure() -> tuple[Stage, list[Visit]]:
         measure_config = config.measure
@@ -122,9 +114,9 @@ def _stages(
 
     return [
         ingest,
-        lambda: (FusionStage(store_text, config.fusion), prepare_fusion(store, config.fusion)),
+        lambda: prepare_fusion(store, config.fusion),
         lambda: prepare_segmentation(store, config.segmentation),
-        lambda: (FittingStage(store_text, config.fitting), prepare_fitting(store, config.fitting)),
+        lambda: prepare_fitting(store, config.fitting),
         measure,
     ]
 
