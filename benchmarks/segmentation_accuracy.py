@@ -1,13 +1,14 @@
 """Accuracy of a body model on held-out synthetic participants: Dice and IoU per label, vertebral levels too.
 
-For every fused visit of a test cohort (generated with a seed the model never saw), the model segments the
+For every fused visit of a test cohort (generated with a seed the model never saw), the model and its
+cascade (the packaged body model's: the spine model in the box around its vertebral bodies) segment the
 fused volume as the segmentation stage does (card pre-processing, sliding windows, scores back to the fused
 grid), the merged vertebral-body class is split into levels C3–S1 by counting
 (:func:`cohortscale.ops.vertebrae.label_vertebrae`), and each label is compared with the cohort's truth:
 Dice per label and visit, averaged over the visits that contain the label.
 
 Run: ``.venv/bin/python benchmarks/segmentation_accuracy.py --card MODEL.json --cohort DIR --store STORE``
-(the store fused on the cohort's grid).
+(the store fused on the cohort's grid); ``--results segmentation_accuracy_full`` for a full-scale cohort.
 """
 
 from __future__ import annotations
@@ -23,20 +24,23 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cohortscale.io.store import open_store, participant_rows
+from cohortscale.models.cascade import cached_cascade, cascade_labels, segment_cascade
 from cohortscale.models.dataset import TRUTH_GROUP, fused_visits, truth_path
-from cohortscale.models.default import VERTEBRAL_BODY_ID, class_lookup
-from cohortscale.models.loading import load_model, segment_volume
+from cohortscale.models.default import DEFAULT_CLASSES, SPINE_CLASSES, VERTEBRAL_BODY_ID, class_lookup
 from cohortscale.models.metrics import overlap_table
 from cohortscale.models.preprocess import read_fused, spacing_from_affine
 from cohortscale.ops.vertebrae import AnchorNotFoundError, label_vertebrae
 from cohortscale.synth.labels import LABEL_NAMES, VERTEBRA_IDS
 from common import write_results
 
+#: The classes of both default models (body, then the spine model's discs).
+CLASSES = {**DEFAULT_CLASSES, **SPINE_CLASSES}
+
 
 def truth_labels(cohort: Path, key: str) -> np.ndarray:
-    """The visit's truth on the fused grid: the model's classes, vertebral bodies kept by level."""
+    """The visit's truth on the fused grid: the models' classes, vertebral bodies kept by level."""
     labels = zarr.open_group(truth_path(cohort, key), mode="r")[TRUTH_GROUP]["labels"][:]
-    mapped = class_lookup()[labels]
+    mapped = class_lookup(CLASSES)[labels]
     levels = np.isin(labels, VERTEBRA_IDS)
     mapped[levels] = labels[levels]
     return mapped
@@ -48,18 +52,25 @@ def main() -> None:
     parser.add_argument("--cohort", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument(
+        "--results", default="segmentation_accuracy", help="Name of the results files (one per test cohort)."
+    )
     args = parser.parse_args()
-    card, model = load_model(args.card)
-    names = {i: n for i, n in card.labels.items() if i not in (0, VERTEBRAL_BODY_ID)}
+    models = cached_cascade(args.card)
+    labels = cascade_labels([m.card for m in models])
+    names = {i: n for i, n in labels.items() if i not in (0, VERTEBRAL_BODY_ID)}
     names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
     tables, seconds, failures = [], [], []
     root = open_store(args.store)
     keys = fused_visits(args.store)
     rows_of = participant_rows(root)
     for key in keys:
-        arrays, affine = read_fused(root, rows_of[key], card.inputs)
+        inputs = dict.fromkeys(name for m in models for name in m.card.inputs)
+        arrays, affine = read_fused(root, rows_of[key], list(inputs))
         start = time.perf_counter()
-        predicted = segment_volume(arrays, affine, card, model, "cpu", batch_size=2, overlap=args.overlap)
+        predicted = segment_cascade(
+            arrays, affine, [(m.card, m.model) for m in models], "cpu", batch_size=2, overlap=args.overlap
+        )
         seconds.append(time.perf_counter() - start)
         try:
             predicted = label_vertebrae(
@@ -92,14 +103,15 @@ def main() -> None:
     other = per_label.loc[~ids.isin([*VERTEBRA_IDS, VERTEBRAL_BODY_ID])]
     merged = per_label.loc[ids == VERTEBRAL_BODY_ID, "dice"].mean()
     summary = (
-        f"Model {card.name} {card.version} ({args.card.name}); test cohort {args.cohort} "
+        f"Model {' + '.join(f'{m.card.name} {m.card.version}' for m in models)} ({args.card.name}); test "
+        f"cohort {args.cohort} "
         f"({len(keys)} fused visits). Mean Dice over the non-vertebral labels {other['dice'].mean():.3f}; "
         f"vertebral bodies as one class {merged:.3f}; by level (counted from S1): mean "
         f"{vertebral['dice'].mean():.3f}, lowest {vertebral['dice'].min():.3f}. Inference "
         f"{np.mean(seconds):.2f} s per visit on the CPU (sliding windows, overlap {args.overlap})."
     )
     print(summary)
-    write_results("segmentation_accuracy", rows, "\n\n".join([summary, *failures]))
+    write_results(args.results, rows, "\n\n".join([summary, *failures]))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import zarr
 from click.testing import CliRunner
 
 from cohortscale.cli import main
-from cohortscale.io.store import open_store
-from cohortscale.models.card import ModelCard
+from cohortscale.io.store import open_store, participant_rows
+from cohortscale.models.card import ModelCard, RegionOfInterest
 from cohortscale.models.dataset import (
     TrainingDataError,
     split_by_participant,
@@ -28,12 +28,16 @@ from cohortscale.models.default import (
     DEFAULT_CLASSES,
     DEFAULT_INPUTS,
     FAT_WINDOW,
+    SPINE_CLASSES,
+    SPINE_ROI,
+    SPINE_SPACING_MM,
     VERTEBRAL_BODY_ID,
     WATER_WINDOW,
     DefaultTrainingConfig,
     class_lookup,
     default_card,
     scheme_labels,
+    training_preset,
 )
 from cohortscale.models.preprocess import channel_lookup, spacing_from_affine, target_shape
 from cohortscale.models.train import TrainConfig
@@ -43,7 +47,7 @@ from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.fusion import FUSED, FusionConfig, run_fusion
 from cohortscale.pipeline.segmentation import SegmentationConfig, output_labels, run_segmentation
 from cohortscale.synth.acquisition import fused_shape_spacing
-from cohortscale.synth.labels import LABELS
+from cohortscale.synth.labels import LABELS, VERTEBRA_IDS
 
 CLUSTER = ClusterConfig(workers=1, threads=2)
 ENGINE = EngineConfig(progress=False)
@@ -106,6 +110,19 @@ def test_scheme_lookup_and_card() -> None:
         DefaultTrainingConfig(train=TrainConfig(patch_size=(32, 36, 48)))
     with pytest.raises(ValueError, match="fixed by the inputs"):
         DefaultTrainingConfig(model=UNetConfig())
+    # The spine model's preset: its scheme, network, grid and region; the body model's has no region.
+    spine = training_preset("spine")
+    assert (spine.name, spine.model.n_classes, spine.spacing_mm) == ("spine-unet", 3, SPINE_SPACING_MM)
+    assert (
+        spine.roi == SPINE_ROI
+        and spine.roi.around == "vertebral_body"
+        and training_preset("body").roi is None
+    )
+    for wrong in ("brain", "Spine"):
+        with pytest.raises(ValueError, match="scheme must be one of"):
+            training_preset(wrong)
+    with pytest.raises(ValueError, match="fixed by the inputs"):
+        DefaultTrainingConfig(scheme="spine")  # the body network's 13 classes for the spine's 3
 
 
 def test_examples_shapes_targets_and_split(clean_cohort: Path, fused_store: Path) -> None:
@@ -149,6 +166,52 @@ def test_examples_shapes_targets_and_split(clean_cohort: Path, fused_store: Path
     assert split_by_participant(coarse, 0.2, 3) == split_by_participant(coarse, 0.2, 3)
     with pytest.raises(TrainingDataError, match="at least two"):
         split_by_participant(coarse[:2], 0.5, 0)
+
+
+def test_spine_examples_are_cropped_around_the_true_bodies(clean_cohort: Path, fused_store: Path) -> None:
+    """The spine scheme's examples: images and truth cut to the bodies' box grown by the card's margin."""
+    spacing = fused_spacing(fused_store)
+    margin = (2 * spacing[0], 3 * spacing[1], 0.5 * spacing[2])  # 2, 3 and 1 voxel(s)
+    spine = UNetConfig(in_channels=3, n_classes=3, depth=2, base_width=4, blocks_per_level=1, residual=False)
+    roi = RegionOfInterest(around="vertebral_body", margin_mm=margin)
+    card = default_card(spacing, TINY_PATCH, spine, scheme=SPINE_CLASSES, roi=roi, name="spine")
+    assert card.labels == {
+        0: "background",
+        LABELS["intervertebral_disc"]: "intervertebral_disc",
+        30: "vertebral_body",
+    }
+    examples = training_examples(clean_cohort, fused_store, card, scheme=SPINE_CLASSES)
+    root = open_store(fused_store, mode="r")
+    rows = participant_rows(root)
+    for example in examples:
+        truth = zarr.open_group(str(truth_path(clean_cohort, example.key)), mode="r")["fused"]["labels"][:]
+        body = np.isin(truth, VERTEBRA_IDS)
+        z, y, x = (np.flatnonzero(body.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+        box = (
+            slice(max(z[0] - 2, 0), min(z[-1] + 3, truth.shape[0])),
+            slice(max(y[0] - 3, 0), min(y[-1] + 4, truth.shape[1])),
+            slice(max(x[0] - 1, 0), min(x[-1] + 2, truth.shape[2])),
+        )
+        np.testing.assert_array_equal(example.labels, truth[box])
+        assert example.image.shape == (3, *truth[box].shape)
+        # The crop's affine: the fused grid's axes, its origin at the box's first voxel.
+        affine = root[f"{FUSED}/affine"][rows[example.key]]
+        corner = affine @ [box[2].start, box[1].start, box[0].start, 1.0]
+        np.testing.assert_allclose(example.affine[:, 3], corner)
+        np.testing.assert_array_equal(example.affine[:, :3], affine[:, :3])
+        disc = example.labels == LABELS["intervertebral_disc"]
+        assert disc.any() and (example.target[disc] == 1).all()
+        assert (example.target[np.isin(example.labels, VERTEBRA_IDS)] == 2).all()
+        assert (example.target[~disc & ~np.isin(example.labels, VERTEBRA_IDS)] == 0).all()
+    with pytest.raises(TrainingDataError, match=r"roi\.around 'liver' is not a class"):
+        training_examples(
+            clean_cohort,
+            fused_store,
+            default_card(
+                spacing, TINY_PATCH, spine, scheme=SPINE_CLASSES, roi=RegionOfInterest(around="liver")
+            ),
+            scheme=SPINE_CLASSES,
+        )
 
 
 def test_truth_off_the_fused_grid_and_unusable_visits(
@@ -203,7 +266,10 @@ def test_train_command_writes_a_model_the_stage_runs(
         "validation Dice per class at the best epoch" in result.output and "vertebral_body" in result.output
     )
     command = result.output.split("reproduce with: ", 1)[1].strip()
-    assert command.startswith("cohortscale train --cohort") and "--set model.residual=false" in command
+    assert (
+        command.startswith("cohortscale train --scheme body --cohort")
+        and "--set model.residual=false" in command
+    )
     card = ModelCard.load(out / "body-unet.json")
     assert card.architecture == TINY.to_dict() and card.spacing_mm == COARSE_MM
     assert card.training["command"] == command and card.training["best_epoch"] == 1
@@ -228,7 +294,7 @@ def test_train_command_writes_a_model_the_stage_runs(
     labels = open_store(store, mode="r")["labels/body-unet"]
     assert labels.shape == open_store(store, mode="r")[f"{FUSED}/water"].shape
     # The merged vertebral-body class is written as levels: their names join the card's.
-    assert labels.attrs["labels"] == {str(k): v for k, v in output_labels(card).items()}
+    assert labels.attrs["labels"] == {str(k): v for k, v in output_labels([card]).items()}
     assert "L3" in labels.attrs["labels"].values()
     assert set(np.unique(labels[0])) <= set(card.labels)
 
@@ -279,7 +345,9 @@ def test_train_synth_makes_its_own_cohort(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "data" / "truth").is_dir() and (out / "data" / "cohort.zarr").is_dir()
     card = ModelCard.load(out / "body-unet.json")
-    assert card.training["command"].startswith("cohortscale train --synth 2 --synth-seed 103 --scale 0.25")
+    assert card.training["command"].startswith(
+        "cohortscale train --scheme body --synth 2 --synth-seed 103 --scale 0.25"
+    )
     for bad in (["--synth", "2", "--cohort", str(tmp_path)], []):
         refused = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), *bad])
         assert refused.exit_code == 2 and "--synth" in refused.output, refused.output

@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cohortscale.models.card import ModelCard, ModelCardError, Normalisation, normalise, weights_path
+from cohortscale.models.card import (
+    ModelCard,
+    ModelCardError,
+    Normalisation,
+    RegionOfInterest,
+    cascade_paths,
+    normalise,
+    weights_path,
+)
 from cohortscale.synth.labels import LABEL_NAMES
 
 CARD: dict[str, Any] = {
@@ -218,3 +226,136 @@ def test_normalise_by_hand() -> None:
 
     with pytest.raises(ValueError, match="2 channels"):
         normalise(image[:1], card)
+
+
+# ---------------------------------------------------------------------------- cascades: roi and cascade
+
+ROI = {"around": "liver", "margin_mm": [30, 24, 24.5]}
+
+
+def test_roi_json_round_trip(tmp_path: Path) -> None:
+    card = ModelCard.load(write_json(tmp_path, roi=ROI))
+    assert card.roi == RegionOfInterest(around="liver", margin_mm=(30.0, 24.0, 24.5))
+    assert all(type(v) is float for v in card.roi.margin_mm) and card.cascade == ()
+    written = json.loads(card.to_json(tmp_path / "again.json").read_text())
+    assert written["roi"] == {"around": "liver", "margin_mm": [30.0, 24.0, 24.5]} and "cascade" not in written
+    assert written == {**CARD, "roi": written["roi"]}
+    again = ModelCard.load(tmp_path / "again.json")
+    assert again == card and hash(again) == hash(card)
+    # The margin defaults to none; a RegionOfInterest is accepted as is.
+    card = ModelCard.from_dict({**CARD, "roi": {"around": "liver"}})
+    assert card.roi == RegionOfInterest("liver") and card.roi.margin_mm == (0.0, 0.0, 0.0)
+    assert card.to_dict()["roi"] == {"around": "liver", "margin_mm": [0.0, 0.0, 0.0]}
+    roi = RegionOfInterest("liver", [1, 2, 3])
+    assert ModelCard.from_dict({**CARD, "roi": roi}).roi is roi and roi.margin_mm == (1.0, 2.0, 3.0)
+    assert card != ModelCard.from_dict({**CARD, "roi": {"around": "liver", "margin_mm": [0, 0, 1]}})
+
+
+def test_cascade_json_round_trip(tmp_path: Path) -> None:
+    card = ModelCard.load(write_json(tmp_path, cascade=["spine.json", "fine/liver.TOML"]))
+    assert card.cascade == ("spine.json", "fine/liver.TOML") and card.roi is None
+    written = json.loads(card.to_json(tmp_path / "again.json").read_text())
+    assert written["cascade"] == ["spine.json", "fine/liver.TOML"] and "roi" not in written
+    assert ModelCard.load(tmp_path / "again.json") == card
+    # Relative to the card's folder, whatever the current directory.
+    assert cascade_paths(tmp_path / "model.json", card) == (
+        tmp_path / "spine.json",
+        tmp_path / "fine" / "liver.TOML",
+    )
+    assert cascade_paths("models/body.toml", card) == (
+        Path("models/spine.json"),
+        Path("models/fine/liver.TOML"),
+    )
+    # A plain card: no cascade, and neither key written.
+    plain = ModelCard.from_dict(CARD)
+    assert plain.cascade == () and plain.roi is None and cascade_paths(tmp_path / "m.json", plain) == ()
+    assert "cascade" not in plain.to_dict() and "roi" not in plain.to_dict()
+    assert ModelCard.from_dict({**CARD, "cascade": []}).to_dict() == plain.to_dict()
+
+
+def test_roi_and_cascade_toml(tmp_path: Path) -> None:
+    path = tmp_path / "model.toml"
+    # Top-level keys go before the first table.
+    path.write_text(
+        TOML.replace('format = "torchscript"\n', 'format = "torchscript"\ncascade = ["spine.toml"]\n')
+    )
+    card = ModelCard.load(path)
+    assert card.cascade == ("spine.toml",) and card.roi is None
+    assert cascade_paths(path, card) == (tmp_path / "spine.toml",)
+    assert ModelCard.load(card.to_json(tmp_path / "model.json")) == card
+
+    path.write_text(TOML + '\n[roi]\naround = "spleen"\nmargin_mm = [10, 5.5, 0]\n')
+    card = ModelCard.load(path)
+    assert card.roi == RegionOfInterest("spleen", (10.0, 5.5, 0.0)) and card.cascade == ()
+    assert ModelCard.load(card.to_json(tmp_path / "model.json")) == card
+
+    path.write_text(TOML + '\n[roi]\naround = "spleen"\nmargn_mm = [10, 5.5, 0]\n')
+    with pytest.raises(ModelCardError, match=r"model\.toml: roi: unknown key.*'margn_mm'"):
+        ModelCard.load(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "prefix", "detail"),
+    [
+        ({"roi": {"around": "liver", "margn_mm": [1, 1, 1]}}, "roi: unknown key", "'margn_mm'"),
+        ({"roi": {"margin_mm": [1, 1, 1]}}, "roi: missing required key", "'around'"),
+        ({"roi": "liver"}, "roi: expected a table", "'liver'"),
+        ({"roi": {"around": ""}}, "roi: around: expected a label name", "''"),
+        ({"roi": {"around": "  "}}, "roi: around: expected a label name", "'  '"),
+        ({"roi": {"around": 4}}, "roi: around: expected a label name", "4"),
+        ({"roi": {"around": "liver", "margin_mm": [30, -1, 24]}}, "roi: margin_mm: expected", "≥ 0"),
+        ({"roi": {"around": "liver", "margin_mm": [30, 24]}}, "roi: margin_mm: expected", "[30, 24]"),
+        ({"roi": {"around": "liver", "margin_mm": [1, 2, 3, 4]}}, "roi: margin_mm: expected", "three"),
+        ({"roi": {"around": "liver", "margin_mm": [1, True, 3]}}, "roi: margin_mm: expected", "True"),
+        ({"roi": {"around": "liver", "margin_mm": [1, float("inf"), 3]}}, "roi: margin_mm", "inf"),
+        ({"roi": {"around": "liver", "margin_mm": "30"}}, "roi: margin_mm: expected a list", "'30'"),
+        ({"cascade": "spine.json"}, "cascade: expected a list", "'spine.json'"),
+        ({"cascade": ["spine.json", 3]}, "cascade: expected card file names", "3"),
+        ({"cascade": [""]}, "cascade: expected card file names", "''"),
+        ({"cascade": ["/models/spine.json"]}, "cascade: '/models/spine.json'", "relative"),
+        ({"cascade": ["C:\\models\\spine.json"]}, "cascade: ", "relative"),
+        ({"cascade": ["spine.yaml"]}, "cascade: 'spine.yaml' should end in one of", "'.json', '.toml'"),
+        ({"cascade": ["spine"]}, "cascade: 'spine' should end in one of", ".json"),
+        ({"cascade": ["a.json", "b.toml", "a.json"]}, "cascade: a card is repeated", "'a.json'"),
+        ({"cascade": ["a.json", "./a.json"]}, "cascade: a card is repeated", "'./a.json'"),
+        ({"cascade": ["a.json"], "roi": {"around": "liver"}}, "cascade: a model that runs inside", "roi"),
+        ({"cascad": ["a.json"]}, "unknown key", "'cascad'"),
+    ],
+)
+def test_invalid_roi_or_cascade_names_the_field(
+    tmp_path: Path, changes: dict[str, Any], prefix: str, detail: str
+) -> None:
+    path = write_json(tmp_path, **changes)
+    with pytest.raises(ModelCardError) as info:
+        ModelCard.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {prefix}"), message
+    assert detail in message, message
+
+
+def test_region_of_interest_constructed() -> None:
+    roi = RegionOfInterest("vertebral_body", (30, 24, 24))
+    assert roi.margin_mm == (30.0, 24.0, 24.0) and roi.to_dict() == {
+        "around": "vertebral_body",
+        "margin_mm": [30.0, 24.0, 24.0],
+    }
+    assert RegionOfInterest.from_dict(roi.to_dict()) == roi and hash(
+        RegionOfInterest.from_dict(roi.to_dict())
+    ) == hash(roi)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        roi.around = "disc"  # type: ignore[misc]
+    with pytest.raises(ModelCardError, match=r"^margin_mm: expected three numbers ≥ 0"):
+        RegionOfInterest("disc", (0, 0, -0.5))
+    with pytest.raises(ModelCardError, match=r"^around: "):
+        RegionOfInterest(None)  # type: ignore[arg-type]
+    with pytest.raises(ModelCardError, match=r"^unknown key"):
+        RegionOfInterest.from_dict({"around": "disc", "margin": [1, 1, 1]})
+    with pytest.raises(ModelCardError, match="expected a table"):
+        RegionOfInterest.from_dict(["disc"])  # type: ignore[arg-type]
+    # On a constructed card, the field is named too (no file).
+    with pytest.raises(ModelCardError, match=r"^roi: margin_mm: "):
+        ModelCard.from_dict({**CARD, "roi": {"around": "liver", "margin_mm": [-1, 0, 0]}})
+    with pytest.raises(ModelCardError, match=r"^cascade: a model that runs inside a region"):
+        ModelCard.from_dict({**CARD, "roi": roi, "cascade": ("spine.json",)})
+    card = ModelCard.from_dict({**CARD, "cascade": ("spine.json", "liver.toml")})
+    assert card.cascade == ("spine.json", "liver.toml")

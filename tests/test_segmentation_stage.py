@@ -400,3 +400,85 @@ def test_packaged_default_model_on_a_held_out_cohort(
     dice = pd.concat(tables).groupby("name")["dice"].mean()
     print("\npackaged model, held-out cohort, Dice per label:\n" + dice.round(3).to_string())
     assert dice.mean() > 0.9 and dice.min() > 0.85, dice
+
+
+#: Water signal above which the refining model of the cascade test calls a voxel "bright water".
+BRIGHT_WATER = 600
+
+
+class BrightWater(torch.nn.Module):
+    """Scores for background / bright water (water ≥ ``threshold``), exactly 0 or 1 (as ThresholdRule)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, 1, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([-threshold / (WINDOW[1] - WINDOW[0])]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bright = self.conv(x)[:, 0] >= 0
+        return torch.stack([~bright, bright], dim=1).to(torch.float32)
+
+
+def cascade_model(folder: Path, spacing_mm, threshold: float = BRIGHT_WATER) -> Path:
+    """The threshold model with a cascade: BrightWater in the box around its water, 2 voxels' margin."""
+    first = threshold_model(folder, spacing_mm)
+    card = ModelCard.load(first)
+    card = ModelCard.from_dict({**card.to_dict(), "cascade": ["bright.json"]})
+    card.to_json(first)
+    torch.jit.save(torch.jit.script(BrightWater(threshold)), str(folder / "bright.pt"))
+    margin = [2 * s for s in spacing_mm]
+    write_card(
+        folder,
+        "bright.pt",
+        "torchscript",
+        spacing_mm,
+        THRESHOLD_PATCH,
+        name="bright",
+        labels={0: "background", 3: "bright_water"},
+        roi={"around": "water", "margin_mm": margin},
+    )
+    return first
+
+
+def test_a_cascade_refines_in_its_box_and_is_part_of_the_model(fused_store: Path, tmp_path: Path) -> None:
+    from cohortscale.models.cascade import merge_refined, roi_box
+
+    store = store_copy(fused_store, tmp_path)
+    spacing = fused_spacing(store)
+    card = cascade_model(tmp_path / "model", spacing)
+    config = SegmentationConfig(card=str(card), device="cpu")
+    report = run_segmentation(store, config, ENGINE, CLUSTER)
+    assert (report.done, report.quarantined, report.failed) == (6, 0, 0), report
+    root = open_store(store, mode="r")
+    labels = root["labels/threshold"]
+    for key, row in participant_rows(root).items():
+        water, fat = root[f"{FUSED}/water"][row], root[f"{FUSED}/fat"][row]
+        first = threshold_rule(water, fat)
+        box = roi_box(first, 2, [2 * s for s in spacing], spacing)
+        assert box is not None and any(b.stop - b.start < n for b, n in zip(box, first.shape, strict=True))
+        refined = np.where(water[box].astype(np.int64) >= BRIGHT_WATER, 3, 0).astype(np.uint8)
+        expected = merge_refined(first, box, refined, [3])
+        assert (expected == 3).any() and (expected == 2).any(), key
+        np.testing.assert_array_equal(labels[row], expected, err_msg=key)
+    attrs = labels.attrs
+    assert attrs["labels"] == {"0": "background", "1": "fat", "2": "water", "3": "bright_water"}
+    cascade = attrs[SETTINGS_ATTR]["cascade"]
+    assert [c["card"]["name"] for c in cascade] == ["bright"] and len(cascade[0]["weights_sha256"]) == 64
+    messages = Ledger(store).read("segmentation")["message"]
+    assert messages.str.contains(
+        "segmented with threshold 1 + bright 1 on CPU; 4 label ids present", regex=False
+    ).all()
+    assert run_segmentation(store, config, ENGINE, CLUSTER).skipped == 6
+    # New weights for the refining model only: a new model, so every visit runs again.
+    torch.jit.save(torch.jit.script(BrightWater(2 * BRIGHT_WATER)), str(tmp_path / "model" / "bright.pt"))
+    rerun = run_segmentation(store, config, ENGINE, CLUSTER)
+    assert (rerun.done, rerun.skipped) == (6, 0)
+    # A cascade card that does not fit (its region names no label of the first model) stops the run.
+    bright = ModelCard.load(tmp_path / "model" / "bright.json")
+    ModelCard.from_dict({**bright.to_dict(), "roi": {"around": "liver"}}).to_json(
+        tmp_path / "model" / "bright.json"
+    )
+    with pytest.raises(ValueError, match=r"roi\.around 'liver' is not a label"):
+        run_segmentation(store, config, ENGINE, CLUSTER)

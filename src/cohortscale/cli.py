@@ -413,11 +413,12 @@ def _train_command(cohort: str, store: str, out: str, config: object) -> str:
     """The ``cohortscale train`` command line that gives ``config``: every option, and ``--set`` for the
     other settings that differ from the defaults."""
     from cohortscale.config import config_to_dict
-    from cohortscale.models.default import DefaultTrainingConfig
+    from cohortscale.models.default import training_preset
 
     settings = _flat_settings(config_to_dict(config))
-    defaults = _flat_settings(config_to_dict(DefaultTrainingConfig()))
-    words = ["cohortscale", "train", "--cohort", cohort, "--store", store, "--out", out]
+    scheme = str(settings.pop("scheme"))
+    defaults = _flat_settings(config_to_dict(training_preset(scheme)))
+    words = ["cohortscale", "train", "--scheme", scheme, "--cohort", cohort, "--store", store, "--out", out]
     for option, key in TRAIN_OPTIONS.items():
         words += [f"--{option.replace('_', '-')}", _setting_text(settings[key])]
     for key, value in settings.items():
@@ -476,8 +477,18 @@ def _training_cohort(out: str, participants: int, seed: int, scale: float) -> tu
     "--validation-fraction", type=float, help="Share of participants held out, in (0, 1).  [default: 0.2]"
 )
 @click.option("--seed", type=int, help="Seed of the split, initial weights and patches.  [default: 0]")
-@click.option("--spacing", metavar="Z,Y,X", help="Model voxel spacing, mm.  [default: 12,9,9]")
-@click.option("--patch", metavar="Z,Y,X", help="Patch size, voxels.  [default: 32,40,48]")
+@click.option(
+    "--scheme",
+    type=click.Choice(["body", "spine"]),
+    default="body",
+    show_default=True,
+    help="Which default model: body (whole volume) or spine (the cascade's bodies and discs, in the box "
+    "around the body model's vertebral bodies); sets the defaults of the options below.",
+)
+@click.option(
+    "--spacing", metavar="Z,Y,X", help="Model voxel spacing, mm.  [default: 12,9,9; spine 3,2.25,2.25]"
+)
+@click.option("--patch", metavar="Z,Y,X", help="Patch size, voxels.  [default: 32,40,48; spine 48,40,40]")
 @click.option("--base-width", type=int, help="Feature channels of the U-Net's top level.  [default: 16]")
 @click.option("--depth", type=int, help="Resolution levels of the U-Net.  [default: 4]")
 @click.option(
@@ -496,22 +507,24 @@ def train(
     synth_seed: int,
     scale: float,
     out: str,
+    scheme: str,
     config_file: str | None,
     sets: tuple[str, ...],
     **options: object,
 ) -> None:
-    """Train the default body model on a synthetic cohort's fused visits (resumable).
+    """Train a default model (body or spine) on a synthetic cohort's fused visits (resumable).
 
     Holds out whole participants for validation, writes OUT/<name>.json (card), the best epoch's weights
     and history.json, and prints the validation Dice per class on the fused grid; then
-    cohortscale segment STORE --card OUT/<name>.json runs it. Settings: name, version, spacing_mm,
+    cohortscale segment STORE --card OUT/<name>.json runs a body model (list a spine model's card in its
+    card's cascade to refine its vertebral bodies). Settings: name, version, spacing_mm,
     validation_fraction, device, train.* (e.g. train.learning_rate, train.batch_size) and model.* (e.g.
     model.residual, model.dropout)."""
-    from cohortscale.models.default import DefaultTrainingConfig, train_default_model
+    from cohortscale.models.default import DefaultTrainingConfig, train_default_model, training_preset
 
     given = {TRAIN_OPTIONS[k]: v for k, v in options.items() if v is not None}
     try:
-        config = load_config(DefaultTrainingConfig, config_file, given, base=DefaultTrainingConfig())
+        config = load_config(DefaultTrainingConfig, config_file, given, base=training_preset(scheme))
         config = load_config(DefaultTrainingConfig, overrides=list(sets), base=config)
     except (KeyError, ValueError, TypeError) as exc:
         raise click.UsageError(str(exc).strip("'\"")) from exc

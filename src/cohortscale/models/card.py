@@ -14,8 +14,16 @@ with free-form training provenance. It is read from JSON or TOML and written as 
       "labels": {"0": "background", "1": "subcutaneous_fat", "4": "liver"},
       "architecture": {"channels": [16, 32, 64]},
       "weights": "body-unet.pt", "format": "state_dict",
-      "training": {"seed": 0, "epochs": 50}
+      "training": {"seed": 0, "epochs": 50},
+      "cascade": ["spine-unet.json"]
     }
+
+A *cascade* refines a model's labels with further models, each run at its own (finer) spacing inside a
+region of interest: the box around the voxels already given one label, grown by a margin. The first
+model's card lists the refining cards (``cascade``, files beside it); each of those says where it runs
+(``roi``: ``{"around": "vertebral_body", "margin_mm": [30, 24, 24]}``) and owns its labels inside that
+box (:mod:`cohortscale.models.cascade`). So a coarse whole-body model can find the spine and a fine spine
+model segment it, at a fraction of the cost of running the fine model everywhere.
 
 Reading is strict, as in :mod:`cohortscale.config`: an unknown key, a wrong type or an inconsistent value
 raises :class:`ModelCardError` naming the file and the field.
@@ -163,6 +171,43 @@ class Normalisation:
         return {"window": list(self.window)} if self.window is not None else {"zscore": True}
 
 
+@dataclass(frozen=True)
+class RegionOfInterest:
+    """Where a cascade model runs: the box around the voxels the models before it labelled ``around``.
+
+    Attributes
+    ----------
+    around : str
+        Label name (of the models before it in the cascade) whose voxels' bounding box is the region.
+    margin_mm : tuple of float
+        How far the box is grown on every side, (z, y, x), mm, ≥ 0: it must cover what the earlier models
+        missed of the structure, and give the network its surroundings.
+    """
+
+    around: str
+    margin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.around, str) or not self.around.strip():
+            raise ModelCardError(f"around: expected a label name, got {self.around!r}")
+        margin = _sequence(self.margin_mm, "margin_mm")
+        if len(margin) != 3 or not all(_is_real(v) and math.isfinite(v) and v >= 0 for v in margin):
+            raise ModelCardError(f"margin_mm: expected three numbers ≥ 0 (z, y, x), got {list(margin)!r}")
+        object.__setattr__(self, "margin_mm", tuple(float(v) for v in margin))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RegionOfInterest:
+        """From a card's table, e.g. ``{"around": "vertebral_body", "margin_mm": [30, 24, 24]}``."""
+        if not isinstance(values, Mapping):
+            raise ModelCardError(f'expected a table such as {{"around": "liver"}}, got {values!r}')
+        _check_keys(values, cls, {"around"})
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's table of this region."""
+        return {"around": self.around, "margin_mm": list(self.margin_mm)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelCard:
     """Everything needed to run a segmentation model on cohort volumes. Keyword arguments only.
@@ -198,6 +243,12 @@ class ModelCard:
         Free text.
     training : dict
         Free-form JSON provenance: data, seed, epochs, command…
+    roi : RegionOfInterest or None
+        For a model of a cascade: the region it runs in (tables are accepted and converted); None for a
+        model that runs on the whole volume.
+    cascade : tuple of str
+        Cards (``.json`` or ``.toml`` files relative to this card's folder) of the models that refine this
+        one's labels, run in order; each has a ``roi``. Only a model without ``roi`` has a cascade.
     card_version : int
         Card format version; only :data:`CARD_VERSION` is read.
     """
@@ -214,6 +265,8 @@ class ModelCard:
     format: str
     description: str | None = None
     training: dict[str, Any] = field(default_factory=dict, hash=False)
+    roi: RegionOfInterest | None = None
+    cascade: tuple[str, ...] = ()
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -265,6 +318,27 @@ class ModelCard:
             raise ModelCardError("architecture: a state_dict model needs the architecture its weights fit")
         store("training", _json_dict(self.training, "training"))
         self._check_weights()
+        if self.roi is not None and not isinstance(self.roi, RegionOfInterest):
+            try:
+                store("roi", RegionOfInterest.from_dict(self.roi))
+            except ModelCardError as exc:
+                raise ModelCardError(f"roi: {exc}") from None
+        store("cascade", self._checked_cascade())
+
+    def _checked_cascade(self) -> tuple[str, ...]:
+        cascade = _sequence(self.cascade, "cascade")
+        for item in cascade:
+            if not isinstance(item, str) or not item.strip():
+                raise ModelCardError(f"cascade: expected card file names, got {item!r}")
+            if PurePosixPath(item).is_absolute() or PureWindowsPath(item).is_absolute():
+                raise ModelCardError(f"cascade: {item!r} must be relative to the card's folder")
+            if PurePosixPath(item).suffix.lower() not in CARD_SUFFIXES:
+                raise ModelCardError(f"cascade: {item!r} should end in one of {list(CARD_SUFFIXES)}")
+        if len({PurePosixPath(item.replace("\\", "/")) for item in cascade}) != len(cascade):
+            raise ModelCardError(f"cascade: a card is repeated in {list(cascade)}")
+        if cascade and self.roi is not None:
+            raise ModelCardError("cascade: a model that runs inside a region (roi) cannot have a cascade")
+        return tuple(cascade)
 
     def _checked_labels(self) -> dict[int, str]:
         if not isinstance(self.labels, Mapping):
@@ -341,6 +415,11 @@ class ModelCard:
             "format": self.format,
             "training": self.training,
         }
+        # Only when set, so that the card of a plain model is as before.
+        if self.roi is not None:
+            out["roi"] = self.roi.to_dict()
+        if self.cascade:
+            out["cascade"] = list(self.cascade)
         return out
 
     def to_json(self, path: str | Path) -> Path:
@@ -401,6 +480,11 @@ def weights_path(card_path: str | Path, card: ModelCard) -> Path:
     The path is not checked for existence: loading it reports a missing file.
     """
     return Path(card_path).parent / card.weights
+
+
+def cascade_paths(card_path: str | Path, card: ModelCard) -> tuple[Path, ...]:
+    """The card files of ``card``'s cascade, relative to the folder of ``card_path`` (not checked)."""
+    return tuple(Path(card_path).parent / item for item in card.cascade)
 
 
 def normalise(image: np.ndarray, card: ModelCard) -> np.ndarray:

@@ -10,9 +10,14 @@ directory holds its truth (``truth/<eid>_<inst>/maps.zarr``, group ``fused``):
    (:func:`cohortscale.models.default.class_lookup`) → output channel, and resampled by nearest neighbour
    to the network's grid.
 
-The truth itself is kept on the fused grid, so that a model is scored on the labels the segmentation stage
-would write (:func:`cohortscale.models.default.evaluate`). :func:`split_by_participant` holds out whole
-participants: a repeat visit of a validation participant in the training set would flatter the score.
+For a card with a region of interest (a cascade's refining model, e.g. the spine model), images and truth
+are first cropped to the box around the truth's ``roi.around`` class grown by the card's margin
+(:func:`cohortscale.models.cascade.roi_box`), where the cascade runs the model.
+
+The truth itself is kept on the fused grid (or its box), so that a model is scored on the labels the
+segmentation stage would write (:func:`cohortscale.models.default.evaluate`). :func:`split_by_participant`
+holds out whole participants: a repeat visit of a validation participant in the training set would flatter
+the score.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from cohortscale.models.preprocess import (
     prepare_input,
     read_fused,
     resample_labels,
+    spacing_from_affine,
 )
 
 #: Stage whose "done" visits have fused volumes (the fusion stage's name; not imported, to keep the
@@ -69,12 +75,12 @@ class Example:
     target : ndarray, int64, shape (Z', Y', X')
         Output channel of each voxel of ``image`` (0 background).
     labels : ndarray, uint8, shape (Z, Y, X)
-        The truth's synthetic label ids on the fused grid
+        The truth's synthetic label ids on the fused grid (its region-of-interest box for a card with one)
         (:data:`cohortscale.synth.labels.LABEL_NAMES`; ``class_lookup(scheme)[labels]`` gives card ids).
     geometry : PreparedGeometry
         From the fused grid to the network's and back (:func:`cohortscale.models.preprocess.restore`).
     affine : ndarray, float64, shape (4, 4)
-        The fused grid's affine (voxel (x, y, z) → LPS mm).
+        The fused grid's affine (voxel (x, y, z) → LPS mm), or its box's.
     """
 
     key: str
@@ -183,12 +189,17 @@ def training_examples(
     Raises
     ------
     TrainingDataError
-        When the card's labels are not the scheme's, no visit qualifies, a visit asked for does not, or
-        a truth grid differs from the store's fused grid (naming the visit).
+        When the card's labels are not the scheme's, no visit qualifies, a visit asked for does not, a
+        truth grid differs from the store's fused grid, or a truth lacks the card's ``roi.around`` class
+        (naming the visit).
     """
+    from cohortscale.models.cascade import crop_affine, roi_box
+
     labels = scheme_labels(scheme)
     if dict(card.labels) != labels:
         raise TrainingDataError(f"the card's labels {card.labels} are not those of the label scheme {labels}")
+    if card.roi is not None and card.roi.around not in labels.values():
+        raise TrainingDataError(f"roi.around {card.roi.around!r} is not a class of the label scheme {labels}")
     cohort_dir = Path(cohort_dir)
     root = open_store(store, mode="r")
     rows = participant_rows(root)
@@ -209,6 +220,13 @@ def training_examples(
         truth_labels = np.asarray(truth["labels"][...])
         if truth_labels.dtype != np.uint8:
             raise TrainingDataError(f"visit {key}: truth labels are {truth_labels.dtype}, expected uint8")
+        if card.roi is not None:
+            around = next(i for i, name in card.labels.items() if name == card.roi.around)
+            box = roi_box(to_card[truth_labels], around, card.roi.margin_mm, spacing_from_affine(affine))
+            if box is None:
+                raise TrainingDataError(f"visit {key}: no {card.roi.around} in the truth to crop around")
+            arrays = {name: volume[box] for name, volume in arrays.items()}
+            truth_labels, affine = truth_labels[box], crop_affine(affine, box)
         image, geometry = prepare_input(arrays, affine, card)
         del arrays
         card_labels = resample_labels(to_card[truth_labels], geometry.resampled_shape)

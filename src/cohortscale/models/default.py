@@ -1,4 +1,10 @@
-"""The default body model for the synthetic cohort: its label scheme, its card, and how it is trained.
+"""The default models for the synthetic cohort: their label schemes, their cards, and how they are trained.
+
+Two models ship with the package and run as one cascade (:mod:`cohortscale.models.cascade`): the body
+model on the whole volume at a coarse spacing, and the spine model (:data:`SPINE_CLASSES`, at
+:data:`SPINE_SPACING_MM`) inside the box around the body model's vertebral bodies, where discs a few
+millimetres thick must separate the bodies for their levels to be counted. Each is trained by
+:func:`train_default_model` with its preset (:func:`training_preset`, ``cohortscale train --scheme``).
 
 The scheme (:data:`DEFAULT_CLASSES`) merges the synthetic anatomy's 53 labels
 (:data:`cohortscale.synth.labels.LABELS`) into the 13 classes the body-composition and thigh-muscle IDPs
@@ -35,7 +41,7 @@ import pandas as pd
 import torch
 
 from cohortscale.io.store import ARRAY_NAME
-from cohortscale.models.card import ModelCard, Normalisation
+from cohortscale.models.card import ModelCard, Normalisation, RegionOfInterest
 from cohortscale.models.loading import predict_labels, torch_device
 from cohortscale.models.metrics import overlap_table
 from cohortscale.models.train import (
@@ -76,6 +82,17 @@ DEFAULT_CLASSES: dict[str, tuple[int, ...]] = {
     VERTEBRAL_BODY_CLASS: VERTEBRA_IDS,
 }
 
+#: The spine model's classes: the vertebral bodies (all levels as one, named by counting as the body
+#: model's) and the discs between them, which separate the bodies.
+SPINE_CLASSES: dict[str, tuple[int, ...]] = {
+    "background": (),
+    "intervertebral_disc": (LABELS["intervertebral_disc"],),
+    VERTEBRAL_BODY_CLASS: VERTEBRA_IDS,
+}
+
+#: Label schemes by the name ``cohortscale train --scheme`` takes.
+SCHEMES: dict[str, dict[str, tuple[int, ...]]] = {"body": DEFAULT_CLASSES, "spine": SPINE_CLASSES}
+
 #: Card label ids of the classes merged from several synthetic labels (see the module docstring).
 MERGED_CLASS_IDS: dict[str, int] = {VERTEBRAL_BODY_CLASS: VERTEBRAL_BODY_ID}
 
@@ -114,6 +131,17 @@ DEFAULT_DEPTH = 4
 DEFAULT_BASE_WIDTH = 16
 #: Share of the participants held out for validation.
 DEFAULT_VALIDATION_FRACTION = 0.2
+#: Spine model spacing (z, y, x), mm: the full-scale fused grid's (3, 2.23, 2.23) rounded, on which the
+#: thinnest disc (~4 mm) still covers a slice.
+SPINE_SPACING_MM = (3.0, 2.25, 2.25)
+#: Spine model patch (z, y, x), voxels: 144 mm of the column, and the 90 mm across the region's box
+#: (bodies up to ~50 mm wide and the margin).
+SPINE_PATCH_SIZE = (48, 40, 40)
+#: Where the spine model runs: the box around the body model's vertebral bodies, grown enough to hold
+#: what a 12 × 9 × 9 mm model misses (a body or disc at either end, a voxel or two across) and give the
+#: network the tissue around the column.
+SPINE_ROI = RegionOfInterest(around=VERTEBRAL_BODY_CLASS, margin_mm=(36.0, 24.0, 24.0))
+SPINE_NAME = "spine-unet"
 #: Name, version and weights file of the default model (its labels go to ``labels/<name>`` in the store).
 DEFAULT_NAME = "body-unet"
 DEFAULT_VERSION = "0.1.0"
@@ -216,6 +244,8 @@ def default_card(
     name: str = DEFAULT_NAME,
     scheme: Mapping[str, Sequence[int]] = DEFAULT_CLASSES,
     training: Mapping[str, Any] | None = None,
+    roi: RegionOfInterest | None = None,
+    cascade: Sequence[str] = (),
 ) -> ModelCard:
     """The card of a default model: :data:`DEFAULT_INPUTS` windowed by :data:`INPUT_WINDOWS`.
 
@@ -235,6 +265,10 @@ def default_card(
         Label scheme (:func:`scheme_labels` gives the card's labels).
     training : mapping, optional
         Provenance for the card's ``training`` table.
+    roi : RegionOfInterest, optional
+        Where the model runs, for a model of a cascade (the spine model).
+    cascade : sequence of str
+        Cards of the models that refine this one's labels (the body model's: the spine model's card).
 
     Returns
     -------
@@ -249,13 +283,13 @@ def default_card(
                 f"the card has {len(DEFAULT_INPUTS)} inputs {list(DEFAULT_INPUTS)} and {len(labels)} labels"
             )
         architecture = architecture.to_dict()
+    classes = ", ".join(name for name in labels.values() if name != "background")
     return ModelCard(
         name=name,
         version=version,
         description=(
-            "3-D U-Net for the synthetic UK Biobank-like cohort: fat depots, liver, femurs, thigh muscle "
-            f"compartments and vertebral bodies as one class (id {VERTEBRAL_BODY_ID}; name the levels with "
-            "cohortscale.ops.vertebrae.label_vertebrae)"
+            f"3-D U-Net for the synthetic UK Biobank-like cohort: {classes} (vertebral bodies as one class, "
+            f"id {VERTEBRAL_BODY_ID}; name the levels with cohortscale.ops.vertebrae.label_vertebrae)"
         ),
         inputs=DEFAULT_INPUTS,
         normalisation=tuple(Normalisation(window=INPUT_WINDOWS[channel]) for channel in DEFAULT_INPUTS),
@@ -266,13 +300,15 @@ def default_card(
         weights=weights,
         format="state_dict",
         training=dict(training or {}),
+        roi=roi,
+        cascade=tuple(cascade),
     )
 
 
-def _default_network() -> UNetConfig:
+def _default_network(scheme: str = "body") -> UNetConfig:
     return UNetConfig(
         in_channels=len(DEFAULT_INPUTS),
-        n_classes=len(DEFAULT_CLASSES),
+        n_classes=len(SCHEMES[scheme]),
         depth=DEFAULT_DEPTH,
         base_width=DEFAULT_BASE_WIDTH,
     )
@@ -282,8 +318,13 @@ def _default_network() -> UNetConfig:
 class DefaultTrainingConfig:
     """Settings of :func:`train_default_model` (``cohortscale train``: options, ``--config``, ``--set``).
 
+    The defaults are the body model's; :func:`training_preset` gives the spine model's.
+
     Attributes
     ----------
+    scheme : {"body", "spine"}
+        Label scheme (:data:`SCHEMES`). The spine model is trained on the box around the truth's vertebral
+        bodies (:data:`SPINE_ROI`), where the cascade runs it.
     name, version : str
         Model name (also its store array ``labels/<name>`` and card file ``<name>.json``) and version.
     spacing_mm : tuple of float
@@ -298,6 +339,7 @@ class DefaultTrainingConfig:
         Network; ``in_channels`` and ``n_classes`` are fixed by the inputs and the label scheme.
     """
 
+    scheme: str = "body"
     name: str = DEFAULT_NAME
     version: str = DEFAULT_VERSION
     spacing_mm: tuple[float, float, float] = DEFAULT_SPACING_MM
@@ -307,13 +349,15 @@ class DefaultTrainingConfig:
     model: UNetConfig = field(default_factory=_default_network)
 
     def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {self.scheme!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.device not in TRAIN_DEVICES:
             raise ValueError(f"device must be one of {TRAIN_DEVICES}, got {self.device!r}")
         if len(self.spacing_mm) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing_mm):
             raise ValueError(f"spacing_mm must be three positive numbers (z, y, x), got {self.spacing_mm!r}")
-        wanted = (len(DEFAULT_INPUTS), len(DEFAULT_CLASSES))
+        wanted = (len(DEFAULT_INPUTS), len(SCHEMES[self.scheme]))
         if (self.model.in_channels, self.model.n_classes) != wanted:
             raise ValueError(
                 f"model.in_channels and model.n_classes are fixed by the inputs and the label scheme at "
@@ -325,6 +369,30 @@ class DefaultTrainingConfig:
                 f"train.patch_size {list(self.train.patch_size)} must be multiples of {divisor} for a "
                 f"depth-{self.model.depth} network"
             )
+
+    @property
+    def roi(self) -> RegionOfInterest | None:
+        """Where the model runs: :data:`SPINE_ROI` for the spine model, the whole volume (None) else."""
+        return SPINE_ROI if self.scheme == "spine" else None
+
+
+def training_preset(scheme: str) -> DefaultTrainingConfig:
+    """The training settings of a scheme's default model (:data:`SCHEMES`), before any override.
+
+    ``"body"``: :data:`DEFAULT_NAME` at :data:`DEFAULT_SPACING_MM`; ``"spine"``: :data:`SPINE_NAME` at
+    :data:`SPINE_SPACING_MM` with :data:`SPINE_PATCH_SIZE`.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+    if scheme == "body":
+        return DefaultTrainingConfig()
+    return DefaultTrainingConfig(
+        scheme=scheme,
+        name=SPINE_NAME,
+        spacing_mm=SPINE_SPACING_MM,
+        train=TrainConfig(patch_size=SPINE_PATCH_SIZE),
+        model=_default_network(scheme),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -475,6 +543,7 @@ def train_default_model(
     from cohortscale.models.dataset import split_by_participant, training_examples
 
     config = config or DefaultTrainingConfig()
+    scheme = SCHEMES[config.scheme]
     if not ARRAY_NAME.fullmatch(config.name):
         raise ValueError(
             f"name {config.name!r} cannot name the store array labels/<name>; use letters, digits, '.', "
@@ -490,9 +559,11 @@ def train_default_model(
         DEFAULT_WEIGHTS,
         config.version,
         name=config.name,
+        scheme=scheme,
+        roi=config.roi,
     )
 
-    examples = training_examples(cohort_dir, store, card)
+    examples = training_examples(cohort_dir, store, card, scheme=scheme)
     training, validation = split_by_participant(examples, config.validation_fraction, config.train.seed)
     split = {"training": [e.key for e in training], "validation": [e.key for e in validation]}
     _check_split(checkpoints / SPLIT_FILE, split, (checkpoints / LAST_CHECKPOINT).exists())
@@ -514,7 +585,7 @@ def train_default_model(
     best_epoch = int(best["epoch"])
     model.load_state_dict(best["model"])
     model.to(device).eval()
-    table = evaluate(model, validation, card, device=device)
+    table = evaluate(model, validation, card, scheme, device=device)
 
     weights = out / card.weights
     atomic_save(best["model"], weights)

@@ -39,9 +39,10 @@ from cohortscale.models.unet import UNet3D, UNetConfig
 DEVICES = ("auto", "cpu", "gpu")
 #: Key of the state dict in a training checkpoint (``best.pt`` / ``last.pt`` of the training loop).
 CHECKPOINT_MODEL_KEY = "model"
-#: Models :func:`cached_model` keeps per process (the oldest is dropped first): a worker runs one model
-#: at a time, and a few spare entries cover a model used on two devices or swapped back and forth.
-MAX_CACHED_MODELS = 4
+#: Models :func:`cached_model` keeps per process (the least recently used is dropped first): a worker
+#: runs one model and its cascade at a time, and spare entries cover a model used on two devices or
+#: swapped back and forth.
+MAX_CACHED_MODELS = 8
 #: Bytes read at a time when hashing a weights file.
 HASH_BLOCK_BYTES = 1 << 20
 #: Mismatched parameter names listed per kind in a :class:`ModelLoadError`.
@@ -284,6 +285,7 @@ def cached_model(card_path: str | Path, device: torch.device | str = "cpu") -> L
             while len(_CACHE) >= MAX_CACHED_MODELS:
                 del _CACHE[next(iter(_CACHE))]
             _CACHE[key] = LoadedModel(card, model, device, weights_sha256(weights))
+        _CACHE[key] = _CACHE.pop(key)  # most recently used last: a cascade's first model is not dropped
         return _CACHE[key]
 
 

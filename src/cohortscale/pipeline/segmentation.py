@@ -4,10 +4,13 @@ Per visit (on a worker): read the fused contrasts the model card names (``dixon/
 fusion stage), normalise them and resample them to the card's spacing, run the network over overlapping
 patches on the worker's GPU when it has one, bring the class scores back to the fused grid and write the
 best class per voxel to ``labels/<model name>`` (uint8 card label ids, 0 = background, one chunk per
-participant). Each worker process loads the model once (:func:`cohortscale.models.loading.cached_model`).
-Visits run once fusion is done for them, again when fusion re-ran them, and all again when the model
-changes (its card or its weights file; not the patch batch size or the overlap, which only trade speed
-against patch-border smoothing).
+participant). A card with a cascade (:mod:`cohortscale.models.cascade`) then runs its refining models,
+each at its own spacing inside the box around a label of the labels so far (the packaged body model has
+the spine model refine its vertebral bodies and discs). A merged vertebral-body class is named by level
+(:func:`cohortscale.ops.vertebrae.label_vertebrae`). Each worker process loads the models once
+(:func:`cohortscale.models.cascade.cached_cascade`). Visits run once fusion is done for them, again when
+fusion re-ran them, and all again when the model changes (a card or a weights file of the cascade; not
+the patch batch size or the overlap, which only trade speed against patch-border smoothing).
 
 The ledger's ``segmentation`` records refer to the model of the latest run: segmenting with another model
 runs every visit again, and the labels of the previous model stay in the store as they were.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     import torch
 
     from cohortscale.models.card import ModelCard
+    from cohortscale.models.loading import LoadedModel
 
 #: Where label volumes live in the store: ``labels/<model name>``.
 LABELS = "labels"
@@ -58,7 +63,8 @@ MAX_LABEL_ID = int(np.iinfo(LABEL_DTYPE).max)
 #: which rows hold a segmentation.
 NOT_SEGMENTED = 0
 #: Attribute (on the ``labels`` group and on each label array) holding the model a segmentation came
-#: from: its card and the SHA-256 of its weights. A different value runs every visit again.
+#: from: its card and the SHA-256 of its weights, and those of its cascade. A different value runs every
+#: visit again.
 SETTINGS_ATTR = "segmentation_model"
 #: Attribute holding the other settings of the latest run (card path, patch batch size, overlap).
 RUN_ATTR = "segmentation_config"
@@ -156,9 +162,15 @@ def check_card_for_store(root: zarr.Group, card: ModelCard, card_path: Path) -> 
         )
 
 
-def model_settings(card: ModelCard, weights_sha256: str) -> dict[str, Any]:
-    """What identifies a segmentation model: its card and the SHA-256 of its weights."""
-    return {"card": card.to_dict(), "weights_sha256": weights_sha256}
+def model_settings(models: Sequence[LoadedModel]) -> dict[str, Any]:
+    """What identifies a segmentation model: its card and the SHA-256 of its weights, and its cascade's."""
+    first, *refining = models
+    settings: dict[str, Any] = {"card": first.card.to_dict(), "weights_sha256": first.weights_sha256}
+    if refining:
+        settings["cascade"] = [
+            {"card": m.card.to_dict(), "weights_sha256": m.weights_sha256} for m in refining
+        ]
+    return settings
 
 
 def _has_signal(volume: np.ndarray) -> bool:
@@ -185,27 +197,29 @@ def clear_row(root: zarr.Group, row: int, path: str) -> None:
 def segment_visit(
     root: zarr.Group,
     visit: Visit,
-    card: ModelCard,
-    model: torch.nn.Module,
+    models: Sequence[LoadedModel],
     device: torch.device,
     config: SegmentationConfig,
 ) -> Outcome:
-    """Segment one visit, write its ``labels/<model>`` row and return its outcome.
+    """Segment one visit with a model and its cascade, write its ``labels/<model>`` row and return its
+    outcome.
 
     A visit without a fused volume, or with an input contrast empty everywhere, is quarantined and its
     labels cleared.
     """
-    from cohortscale.models.loading import segment_volume
+    from cohortscale.models.cascade import segment_cascade
     from cohortscale.models.preprocess import read_fused, spacing_from_affine
 
     start = time.perf_counter()
+    card = models[0].card
     row, path = visit.index, labels_path(card)
+    inputs = list(dict.fromkeys(name for model in models for name in model.card.inputs))
 
     def quarantine(reason: str, message: str) -> Outcome:
         clear_row(root, row, path)
         return Outcome(visit.key, "quarantined", reason, message, time.perf_counter() - start)
 
-    arrays, affine = read_fused(root, row, card.inputs)
+    arrays, affine = read_fused(root, row, inputs)
     if not np.isfinite(affine).all():
         return quarantine(
             "not_fused", f"participant {visit.key}: no fused volume in the store ({FUSED}/affine is NaN)"
@@ -221,9 +235,11 @@ def segment_visit(
             f"participant {visit.key}: fused {', '.join(empty)} empty (no non-zero voxel); nothing for "
             f"{card.name} to segment",
         )
-    labels = segment_volume(arrays, affine, card, model, device, config.batch_size, config.overlap)
+    labels = segment_cascade(
+        arrays, affine, [(m.card, m.model) for m in models], device, config.batch_size, config.overlap
+    )
     levels_note = ""
-    body_id = _vertebral_body_id(card)
+    body_id = _vertebral_body_id([m.card for m in models])
     if body_id is not None and (labels == body_id).any():
         from cohortscale.ops.vertebrae import AnchorNotFoundError, label_vertebrae
 
@@ -234,8 +250,9 @@ def segment_visit(
     root[path][row] = labels.astype(LABEL_DTYPE, copy=False)
     found = np.unique(labels)
     where = "GPU" if device.type == "cuda" else "CPU"
+    cascade = "".join(f" + {m.card.name} {m.card.version}" for m in models[1:])
     message = (
-        f"participant {visit.key}: segmented with {card.name} {card.version} on {where}; "
+        f"participant {visit.key}: segmented with {card.name} {card.version}{cascade} on {where}; "
         f"{found.size} label ids present{levels_note}"
     )
     absent = _absent_stations(root, row)
@@ -255,9 +272,9 @@ class ModelChangedError(RuntimeError):
 class SegmentationStage:
     """The segmentation stage for :func:`cohortscale.pipeline.engine.run_stage`.
 
-    ``model`` is :func:`model_settings` of the model :func:`prepare_segmentation` checked; a worker that
-    finds another one behind ``config.card`` (files edited during the run) raises rather than mix models
-    in one label array.
+    ``model`` is :func:`model_settings` of the model (and cascade) :func:`prepare_segmentation` checked; a
+    worker that finds another one behind ``config.card`` (files edited during the run) raises rather than
+    mix models in one label array.
     """
 
     store: str
@@ -267,40 +284,47 @@ class SegmentationStage:
     gpu: bool = True
 
     def process(self, visits: list[Visit]) -> list[Outcome]:
-        from cohortscale.models.loading import cached_model, torch_device
+        from cohortscale.models.cascade import cached_cascade
+        from cohortscale.models.loading import torch_device
 
         root = open_store(self.store)
         device = torch_device(self.config.device)
-        loaded = cached_model(self.config.card_path(), device)
-        if self.model and model_settings(loaded.card, loaded.weights_sha256) != self.model:
+        models = cached_cascade(self.config.card_path(), device)
+        if self.model and model_settings(models) != self.model:
             raise ModelChangedError(
-                f"{self.config.card}: the model card or its weights changed during the run; run again"
+                f"{self.config.card}: a model card or its weights changed during the run; run again"
             )
-        return [segment_visit(root, v, loaded.card, loaded.model, device, self.config) for v in visits]
+        return [segment_visit(root, v, models, device, self.config) for v in visits]
 
 
-def _vertebral_body_id(card: ModelCard) -> int | None:
-    """The card's label id of a merged vertebral-body class, if it has one (its levels are counted)."""
-    return next((i for i, name in card.labels.items() if name == VERTEBRAL_BODY_CLASS), None)
+def _vertebral_body_id(cards: Sequence[ModelCard]) -> int | None:
+    """The cascade's label id of a merged vertebral-body class, if it has one (its levels are counted)."""
+    from cohortscale.models.cascade import cascade_labels
+
+    return next((i for i, name in cascade_labels(cards).items() if name == VERTEBRAL_BODY_CLASS), None)
 
 
-def output_labels(card: ModelCard) -> dict[int, str]:
-    """Label names of the written volumes: the card's, with a vertebral-body class expanded into levels."""
+def output_labels(cards: Sequence[ModelCard]) -> dict[int, str]:
+    """Label names of the written volumes: the cascade's, with a vertebral-body class expanded into levels."""
+    from cohortscale.models.cascade import cascade_labels
     from cohortscale.synth.labels import LABEL_NAMES, VERTEBRA_IDS
 
-    names = dict(card.labels)
-    if _vertebral_body_id(card) is not None:
+    names = cascade_labels(cards)
+    if _vertebral_body_id(cards) is not None:
         # Kept for visits whose levels could not be counted.
         names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
     return dict(sorted(names.items()))
 
 
-def _array_attrs(card: ModelCard, settings: dict[str, Any], config: SegmentationConfig) -> dict[str, Any]:
+def _array_attrs(
+    cards: Sequence[ModelCard], settings: dict[str, Any], config: SegmentationConfig
+) -> dict[str, Any]:
     """Label names, model identity and settings of a label array."""
+    card = cards[0]
     return {
         "units": "label id",
         "description": f"{card.name} {card.version} label per voxel of the fused grid (0: background)",
-        "labels": {str(k): v for k, v in output_labels(card).items()},
+        "labels": {str(k): v for k, v in output_labels(cards).items()},
         "model": card.name,
         "model_version": card.version,
         "model_card": card.to_dict(),
@@ -315,9 +339,9 @@ def prepare_segmentation(
 ) -> tuple[SegmentationStage, list[Visit]]:
     """Check the model, create its label array and return the stage and the visits ready for it.
 
-    The model is loaded once here on the CPU (and run on one patch of zeros), so that a card or weights
-    problem stops the run before any worker starts. Visits segmented with another model (card or
-    weights) are segmented again (a "failed" record, reason ``model_changed``); visits that were
+    The model and its cascade are loaded once here on the CPU (and run on one patch of zeros), so that a
+    card or weights problem stops the run before any worker starts. Visits segmented with another model
+    (card or weights) are segmented again (a "failed" record, reason ``model_changed``); visits that were
     segmented and are no longer ready (fusion quarantined them, or is to run them again) lose their labels.
 
     Returns
@@ -331,20 +355,23 @@ def prepare_segmentation(
     ------
     ValueError
         No card set, an invalid or missing card or weights file (``ModelCardError``,
-        ``ModelLoadError``), a card the store cannot serve (:func:`check_card_for_store`), or a label
-        array of another shape in the store.
+        ``ModelLoadError``), cascade cards that do not fit together (``CascadeError``), a card the store
+        cannot serve (:func:`check_card_for_store`), or a label array of another shape in the store.
     """
-    from cohortscale.models.card import weights_path
-    from cohortscale.models.loading import load_model, read_card, weights_sha256
+    from cohortscale.models.card import cascade_paths
+    from cohortscale.models.cascade import cached_cascade
+    from cohortscale.models.loading import read_card
     from cohortscale.models.preprocess import FUSED_ARRAYS
 
     card_path = config.card_path().resolve()
     config = dataclasses.replace(config, card=str(card_path))
     root = open_store(store)
     card = read_card(card_path)
-    check_card_for_store(root, card, card_path)
-    card, _ = load_model(card_path, "cpu")
-    settings = model_settings(card, weights_sha256(weights_path(card_path, card)))
+    for path_of_card in (card_path, *cascade_paths(card_path, card)):
+        check_card_for_store(root, read_card(path_of_card), path_of_card)
+    models = cached_cascade(card_path, "cpu")
+    card = models[0].card
+    settings = model_settings(models)
 
     path = labels_path(card)
     # The fused grid and its dimension names, so that labels and volumes align in open_cohort.
@@ -366,7 +393,7 @@ def prepare_segmentation(
         )
     # After the requeue: a run cut between the two requeues again rather than keep the old model's records.
     group.attrs[SETTINGS_ATTR] = settings
-    root[path].attrs.update(_array_attrs(card, settings, config))
+    root[path].attrs.update(_array_attrs([m.card for m in models], settings, config))
 
     visits = store_visits(store)
     ready = ready_visits(STAGE, UPSTREAM, visits, store)
