@@ -427,11 +427,13 @@ def tissue_card(**extra) -> ModelCard:
     return card("tissue", {0: "background", 1: "tissue"}, spacing=SPACING, **extra)
 
 
-def core_card(core_id: int = 2, margin=MARGIN, around: str = "tissue", **extra) -> ModelCard:
+def core_card(
+    core_id: int = 2, margin=MARGIN, around: str = "tissue", roi: dict | None = None, **extra
+) -> ModelCard:
     return card(
         "core",
         {0: "background", core_id: "core"},
-        roi={"around": around, "margin_mm": list(margin)},
+        roi=roi or {"around": around, "margin_mm": list(margin)},
         inputs=("fat", "water"),
         spacing=SPACING,
         patch_size=(2, 4, 4),
@@ -550,6 +552,29 @@ def test_segment_cascade_skips_a_refiner_whose_label_is_absent() -> None:
     models.append((rim, scripted(RimRule())))
     labels = segment_cascade(arrays, AFFINE, models, "cpu", batch_size=2, overlap=0.5)
     np.testing.assert_array_equal(labels, np.where(fat > 2 * water, 3, 0))
+
+
+def test_segment_cascade_skips_a_refiner_finer_than_the_grid() -> None:
+    """A refiner whose coarsest grid is finer than the data's is skipped; at or above the grid it runs."""
+    arrays = volumes()
+    water, fat = as_int(arrays)
+    first = np.where(water + fat >= BRIGHT, 1, 0)
+    roi = {"around": "tissue", "margin_mm": list(MARGIN)}
+    for max_spacing, runs in (
+        ((3.0, 2.0, 1.5), True),  # the grid's own spacing: fine enough
+        ((6.0, 4.0, 3.0), True),
+        ((3.0, 2.0, 1.4), False),  # one axis too coarse is enough to skip
+        ((2.9, 4.0, 3.0), False),
+    ):
+        refiner = core_card(roi={**roi, "max_spacing_mm": list(max_spacing)})
+        assert refiner.roi.covers(SPACING) is runs
+        models = [(tissue_card(), scripted(TissueRule())), (refiner, scripted(CoreRule()))]
+        labels = segment_cascade(arrays, AFFINE, models, "cpu", batch_size=2, overlap=0.5)
+        expected = first.copy()
+        if runs:
+            expected[TISSUE_BOX][(fat > water)[TISSUE_BOX]] = 2
+        assert bool((labels == 2).any()) is runs
+        np.testing.assert_array_equal(labels, expected, err_msg=str(max_spacing))
 
 
 def test_segment_cascade_checks_the_cards_first() -> None:

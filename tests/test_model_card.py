@@ -249,6 +249,14 @@ def test_roi_json_round_trip(tmp_path: Path) -> None:
     roi = RegionOfInterest("liver", [1, 2, 3])
     assert ModelCard.from_dict({**CARD, "roi": roi}).roi is roi and roi.margin_mm == (1.0, 2.0, 3.0)
     assert card != ModelCard.from_dict({**CARD, "roi": {"around": "liver", "margin_mm": [0, 0, 1]}})
+    # The coarsest grid the model refines: written only when set, and compared axis by axis.
+    limited = ModelCard.from_dict({**CARD, "roi": {"around": "liver", "max_spacing_mm": [4.5, 3.375, 3]}})
+    assert limited.roi.max_spacing_mm == (4.5, 3.375, 3.0) and card.roi.max_spacing_mm is None
+    assert limited.to_dict()["roi"]["max_spacing_mm"] == [4.5, 3.375, 3.0]
+    assert ModelCard.from_dict(json.loads(json.dumps(limited.to_dict()))) == limited
+    assert limited.roi.covers((3.0, 2.232, 2.232)) and limited.roi.covers((4.5, 3.375, 3.0))
+    assert not limited.roi.covers((6.0, 2.0, 2.0)) and not limited.roi.covers((3.0, 2.0, 3.01))
+    assert card.roi.covers((100.0, 100.0, 100.0))
 
 
 def test_cascade_json_round_trip(tmp_path: Path) -> None:
@@ -309,6 +317,8 @@ def test_roi_and_cascade_toml(tmp_path: Path) -> None:
         ({"roi": {"around": "liver", "margin_mm": [1, True, 3]}}, "roi: margin_mm: expected", "True"),
         ({"roi": {"around": "liver", "margin_mm": [1, float("inf"), 3]}}, "roi: margin_mm", "inf"),
         ({"roi": {"around": "liver", "margin_mm": "30"}}, "roi: margin_mm: expected a list", "'30'"),
+        ({"roi": {"around": "liver", "max_spacing_mm": [3, 0, 2]}}, "roi: max_spacing_mm", "positive"),
+        ({"roi": {"around": "liver", "max_spacing_mm": [3, 2]}}, "roi: max_spacing_mm", "positive"),
         ({"cascade": "spine.json"}, "cascade: expected a list", "'spine.json'"),
         ({"cascade": ["spine.json", 3]}, "cascade: expected card file names", "3"),
         ({"cascade": [""]}, "cascade: expected card file names", "''"),

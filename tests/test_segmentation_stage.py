@@ -475,6 +475,20 @@ def test_a_cascade_refines_in_its_box_and_is_part_of_the_model(fused_store: Path
     torch.jit.save(torch.jit.script(BrightWater(2 * BRIGHT_WATER)), str(tmp_path / "model" / "bright.pt"))
     rerun = run_segmentation(store, config, ENGINE, CLUSTER)
     assert (rerun.done, rerun.skipped) == (6, 0)
+    # On a grid coarser than the refining model takes, it is skipped, and the ledger says so.
+    bright = ModelCard.load(tmp_path / "model" / "bright.json")
+    fine = [s / 2 for s in spacing]
+    roi = {**bright.roi.to_dict(), "max_spacing_mm": fine}
+    ModelCard.from_dict({**bright.to_dict(), "roi": roi}).to_json(tmp_path / "model" / "bright.json")
+    assert run_segmentation(store, config, ENGINE, CLUSTER).done == 6
+    root = open_store(store, mode="r")
+    for key, row in participant_rows(root).items():
+        expected = threshold_rule(root[f"{FUSED}/water"][row], root[f"{FUSED}/fat"][row])
+        np.testing.assert_array_equal(root["labels/threshold"][row], expected, err_msg=key)
+    messages = Ledger(store).read("segmentation")["message"]
+    grid = " × ".join(f"{s:.3g}" for s in spacing)
+    note = f"with threshold 1 on CPU; 3 label ids present; bright skipped (grid {grid} mm, coarser than"
+    assert messages.str.contains(note, regex=False).all(), messages.iloc[0]
     # A cascade card that does not fit (its region names no label of the first model) stops the run.
     bright = ModelCard.load(tmp_path / "model" / "bright.json")
     ModelCard.from_dict({**bright.to_dict(), "roi": {"around": "liver"}}).to_json(

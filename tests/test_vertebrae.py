@@ -268,7 +268,38 @@ def test_specks_below_min_volume_removed() -> None:
     components, n = split_vertebrae(mask | specks, SPACING)
     assert n == 4
     assert not components[specks].any()
-    assert split_vertebrae(mask | specks, SPACING, min_volume_mm3=0.0)[1] == 7
+    assert split_vertebrae(mask | specks, SPACING, min_volume_mm3=0.0, max_side_overlap=None)[1] == 7
+    # Kept by the volume threshold, the speck beside the second body is still not stacked with the others.
+    assert split_vertebrae(mask | specks, SPACING, min_volume_mm3=0.0)[1] == 6
+
+
+def test_bone_beside_the_column_is_not_a_body() -> None:
+    """A sacral ala segmented as body beside S1 (and lower) would be taken for S1 and shift every level."""
+    mask, slabs = box_stack(6, margin=10)
+    low = slabs[-1]
+    ala = np.zeros_like(mask)
+    ala[low.start + 1 : low.stop + 2, :, 0] = True  # 5 slices, 3 beside S1 (a voxel apart): 720 mm³
+    ala_only = ala & ~mask
+    assert ala_only.sum() * np.prod(SPACING) == 720
+    components, n = split_vertebrae(mask | ala, SPACING, min_volume_mm3=300.0)
+    assert n == 6 and not components[ala_only].any()
+    named = assign_levels(components, SPACING, foot_to_head=False)
+    for k, s in enumerate(slabs[::-1]):
+        assert np.all(named[s][mask[s]] == VERTEBRA_IDS[-1 - k]), VERTEBRAE[-1 - k]
+    # Without the rule the ala is the lowest body and takes S1's name.
+    components, n = split_vertebrae(mask | ala, SPACING, min_volume_mm3=300.0, max_side_overlap=None)
+    named = assign_levels(components, SPACING, foot_to_head=False)
+    assert n == 7 and np.all(named[ala_only] == LABELS["S1"])
+
+
+def test_tilted_neighbours_sharing_slices_are_both_kept() -> None:
+    """Bodies sharing the slices of a tilted disc (a quarter of the smaller body's) stay two bodies."""
+    mask = np.zeros((30, 20, 20), dtype=bool)
+    mask[2:10, 2:10, 2:10] = True  # 8 slices
+    mask[8:16, 11:18, 2:10] = True  # 8 slices (smaller), 2 shared with the body above, not touching it
+    components, n = split_vertebrae(mask, SPACING)
+    assert n == 2 and components[3, 3, 3] != components[14, 12, 3]
+    assert split_vertebrae(mask, SPACING, max_side_overlap=0.2)[1] == 1  # a stricter rule drops the smaller
 
 
 # --- (6) direction ----------------------------------------------------------------------------------------

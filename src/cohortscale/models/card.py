@@ -182,10 +182,15 @@ class RegionOfInterest:
     margin_mm : tuple of float
         How far the box is grown on every side, (z, y, x), mm, ≥ 0: it must cover what the earlier models
         missed of the structure, and give the network its surroundings.
+    max_spacing_mm : tuple of float or None
+        The coarsest grid (z, y, x), mm, the model refines; on a grid coarser along any axis it is skipped
+        and the labels so far kept: such data do not hold the detail the model was trained to see, and
+        upsampled to its spacing they are unlike anything it was trained on. None: any grid.
     """
 
     around: str
     margin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    max_spacing_mm: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.around, str) or not self.around.strip():
@@ -194,6 +199,8 @@ class RegionOfInterest:
         if len(margin) != 3 or not all(_is_real(v) and math.isfinite(v) and v >= 0 for v in margin):
             raise ModelCardError(f"margin_mm: expected three numbers ≥ 0 (z, y, x), got {list(margin)!r}")
         object.__setattr__(self, "margin_mm", tuple(float(v) for v in margin))
+        if self.max_spacing_mm is not None:
+            object.__setattr__(self, "max_spacing_mm", _triple(self.max_spacing_mm, "max_spacing_mm", float))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RegionOfInterest:
@@ -205,7 +212,16 @@ class RegionOfInterest:
 
     def to_dict(self) -> dict[str, Any]:
         """The card's table of this region."""
-        return {"around": self.around, "margin_mm": list(self.margin_mm)}
+        out: dict[str, Any] = {"around": self.around, "margin_mm": list(self.margin_mm)}
+        if self.max_spacing_mm is not None:
+            out["max_spacing_mm"] = list(self.max_spacing_mm)
+        return out
+
+    def covers(self, spacing_mm: Sequence[float]) -> bool:
+        """Whether a grid of this spacing (z, y, x), mm, is fine enough for the model (``max_spacing_mm``)."""
+        if self.max_spacing_mm is None:
+            return True
+        return all(float(s) <= m * (1 + 1e-6) for s, m in zip(spacing_mm, self.max_spacing_mm, strict=True))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,9 @@ between them, which a 12 mm model blurs together). The first card lists the refi
 Each refining model *owns* its classes inside its box: there, voxels the labels so far gave one of its
 classes are reset to background, and every voxel it calls foreground takes its class. Outside the box,
 and for the other classes inside it, the labels stay as they were. Classes are matched by name, so a
-refining model's label ids must agree with those the labels already use for the same names.
+refining model's label ids must agree with those the labels already use for the same names. A refining
+model may name the coarsest grid it refines (``roi.max_spacing_mm``): on coarser data it is skipped, as
+it would only see its inputs upsampled.
 
 The kernels (:func:`roi_box`, :func:`merge_refined`, :func:`crop_affine`) are plain functions of arrays;
 :func:`cascade_labels` checks that cards fit together; :func:`segment_cascade` runs loaded models on one
@@ -197,7 +199,8 @@ def segment_cascade(
     Returns
     -------
     ndarray, shape (Z, Y, X)
-        Label ids of the cascade's cards; a refining model whose ``roi.around`` label is absent is skipped.
+        Label ids of the cascade's cards. A refining model is skipped where its ``roi.around`` label is
+        absent, or the grid is coarser than its ``roi.max_spacing_mm``.
     """
     names = cascade_labels([card for card, _ in models])
     id_of = {name: label_id for label_id, name in names.items()}
@@ -206,6 +209,8 @@ def segment_cascade(
     spacing = spacing_from_affine(affine)
     for card, model in models[1:]:
         assert card.roi is not None  # checked by cascade_labels
+        if not card.roi.covers(spacing):
+            continue
         box = roi_box(labels, id_of[card.roi.around], card.roi.margin_mm, spacing)
         if box is None:
             continue

@@ -45,6 +45,10 @@ MIN_PART_HEIGHT_MM = 8.0
 #: several bodies fused through their discs: adjacent bodies differ in height by less than ~15 %, two
 #: fused ones span two pitches.
 MAX_HEIGHT_RATIO = 1.6
+#: A part that shares more than this share of its slices with a larger part lies beside it, not above or
+#: below: bodies are stacked along the spine, so it is bone segmented as body beside the column (a sacral
+#: ala, a pedicle). Adjacent bodies share at most the slices of a tilted disc (L5/S1: ~1/4 of L5's).
+MAX_SIDE_OVERLAP = 0.5
 #: Bodies (nearest along the spine, from other parts) whose median height is a part's reference height:
 #: the median of four ignores one false positive or still-fused neighbour among them.
 HEIGHT_NEIGHBOURS = 4
@@ -108,6 +112,7 @@ def split_vertebrae(
     neck_area_ratio: float = NECK_AREA_RATIO,
     min_part_height_mm: float = MIN_PART_HEIGHT_MM,
     max_height_ratio: float | None = MAX_HEIGHT_RATIO,
+    max_side_overlap: float | None = MAX_SIDE_OVERLAP,
 ) -> tuple[np.ndarray, int]:
     """Separate vertebral bodies in a one-class body mask.
 
@@ -145,6 +150,8 @@ def split_vertebrae(
         Least height a neck cut leaves on each side, mm.
     max_height_ratio : float or None
         Pitches spanned above which a part is split into equal slabs; None turns the height split off.
+    max_side_overlap : float or None
+        Share of a part's slices shared with a larger part above which it is dropped; None keeps all.
 
     Returns
     -------
@@ -174,6 +181,8 @@ def split_vertebrae(
         start, stop = int(occupied[0]), int(occupied[-1]) + 1
         for a, b in _neck_segments(profile[k, start:stop], neck_area_ratio, min_slices):
             parts.append((int(k), start + a, start + b))
+    if max_side_overlap is not None:
+        parts = _stacked_parts(parts, profile, max_side_overlap)
 
     # Height split: how many bodies each part holds.
     start = np.array([p[1] for p in parts], dtype=int)
@@ -467,6 +476,22 @@ def _neck_segments(area: np.ndarray, ratio: float, min_slices: int) -> list[tupl
     below = _neck_segments(area[:cut], ratio, min_slices)
     above = _neck_segments(area[cut + 1 :], ratio, min_slices)
     return below + [(a + cut + 1, b + cut + 1) for a, b in above]
+
+
+def _stacked_parts(
+    parts: list[tuple[int, int, int]], profile: np.ndarray, max_overlap: float
+) -> list[tuple[int, int, int]]:
+    """The parts (component, start, stop) not lying beside a larger part (see :func:`split_vertebrae`)."""
+    volume = [int(profile[k, a:b].sum()) for k, a, b in parts]
+    kept = []
+    for i, (_, a, b) in enumerate(parts):
+        beside = any(
+            volume[j] > volume[i] and min(b, b_j) - max(a, a_j) > max_overlap * (b - a)
+            for j, (_, a_j, b_j) in enumerate(parts)
+        )
+        if not beside:
+            kept.append(parts[i])
+    return kept
 
 
 def _bodies_per_part(start: np.ndarray, stop: np.ndarray, dz: float, max_ratio: float) -> np.ndarray:

@@ -238,22 +238,30 @@ def segment_visit(
     labels = segment_cascade(
         arrays, affine, [(m.card, m.model) for m in models], device, config.batch_size, config.overlap
     )
-    levels_note = ""
+    spacing = spacing_from_affine(affine)
+    notes = ""
     body_id = _vertebral_body_id([m.card for m in models])
     if body_id is not None and (labels == body_id).any():
         from cohortscale.ops.vertebrae import AnchorNotFoundError, label_vertebrae
 
         try:
-            labels = label_vertebrae(labels, body_id, spacing_from_affine(affine), affine=affine)
+            labels = label_vertebrae(labels, body_id, spacing, affine=affine)
         except AnchorNotFoundError as exc:
-            levels_note = f"; vertebral levels not assigned ({exc}), bodies kept as {VERTEBRAL_BODY_CLASS}"
+            notes = f"; vertebral levels not assigned ({exc}), bodies kept as {VERTEBRAL_BODY_CLASS}"
     root[path][row] = labels.astype(LABEL_DTYPE, copy=False)
     found = np.unique(labels)
     where = "GPU" if device.type == "cuda" else "CPU"
-    cascade = "".join(f" + {m.card.name} {m.card.version}" for m in models[1:])
+    # Every refining card has a region (checked by segment_cascade); it may be too fine for this grid.
+    refining = [(m.card, m.card.roi) for m in models[1:] if m.card.roi is not None]
+    cascade = "".join(f" + {c.name} {c.version}" for c, roi in refining if roi.covers(spacing))
+    for c, roi in refining:
+        if not roi.covers(spacing):
+            notes += (
+                f"; {c.name} skipped (grid {_mm(spacing)} mm, coarser than its {_mm(roi.max_spacing_mm)} mm)"
+            )
     message = (
         f"participant {visit.key}: segmented with {card.name} {card.version}{cascade} on {where}; "
-        f"{found.size} label ids present{levels_note}"
+        f"{found.size} label ids present{notes}"
     )
     absent = _absent_stations(root, row)
     if absent:
@@ -295,6 +303,11 @@ class SegmentationStage:
                 f"{self.config.card}: a model card or its weights changed during the run; run again"
             )
         return [segment_visit(root, v, models, device, self.config) for v in visits]
+
+
+def _mm(spacing: Sequence[float] | None) -> str:
+    """A spacing as "3 × 2.23 × 2.23"."""
+    return "any" if spacing is None else " × ".join(f"{s:.3g}" for s in spacing)
 
 
 def _vertebral_body_id(cards: Sequence[ModelCard]) -> int | None:
