@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument(
+        "--describe", help="How the test cohort was made, for the notes (default: its folder's name)."
+    )
+    parser.add_argument(
         "--results", default="segmentation_accuracy", help="Name of the results files (one per test cohort)."
     )
     args = parser.parse_args()
@@ -104,7 +107,7 @@ def main() -> None:
     merged = per_label.loc[ids == VERTEBRAL_BODY_ID, "dice"].mean()
     summary = (
         f"Model {' + '.join(f'{m.card.name} {m.card.version}' for m in models)} ({args.card.name}); test "
-        f"cohort {args.cohort} "
+        f"cohort {args.describe or args.cohort.name} "
         f"({len(keys)} fused visits). Mean Dice over the non-vertebral labels {other['dice'].mean():.3f}; "
         f"vertebral bodies as one class {merged:.3f}; by level (counted from S1): mean "
         f"{vertebral['dice'].mean():.3f}, lowest {vertebral['dice'].min():.3f}. Inference "

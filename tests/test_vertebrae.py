@@ -292,6 +292,20 @@ def test_bone_beside_the_column_is_not_a_body() -> None:
     assert n == 7 and np.all(named[ala_only] == LABELS["S1"])
 
 
+def test_sacrum_below_s1_is_not_a_body() -> None:
+    """Sacral marrow segmented as body from S1's slices downwards: taller than S1 (so most of its own
+    slices lie below S1's) but beside S1 over most of S1's height, and smaller: not a body."""
+    mask, slabs = box_stack(6, margin=12)
+    low = slabs[-1]
+    sacrum = np.zeros_like(mask)
+    sacrum[low.start + 1 : low.stop + 8, 3:9, 0] = True  # 11 slices, 3 of them beside S1's 4
+    components, n = split_vertebrae(mask | sacrum, SPACING)
+    assert n == 6 and not components[sacrum].any()
+    named = assign_levels(components, SPACING, foot_to_head=False)
+    for k, s in enumerate(slabs[::-1]):
+        assert np.all(named[s][mask[s]] == VERTEBRA_IDS[-1 - k]), VERTEBRAE[-1 - k]
+
+
 def test_tilted_neighbours_sharing_slices_are_both_kept() -> None:
     """Bodies sharing the slices of a tilted disc (a quarter of the smaller body's) stay two bodies."""
     mask = np.zeros((30, 20, 20), dtype=bool)

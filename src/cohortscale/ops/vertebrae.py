@@ -45,9 +45,10 @@ MIN_PART_HEIGHT_MM = 8.0
 #: several bodies fused through their discs: adjacent bodies differ in height by less than ~15 %, two
 #: fused ones span two pitches.
 MAX_HEIGHT_RATIO = 1.6
-#: A part that shares more than this share of its slices with a larger part lies beside it, not above or
-#: below: bodies are stacked along the spine, so it is bone segmented as body beside the column (a sacral
-#: ala, a pedicle). Adjacent bodies share at most the slices of a tilted disc (L5/S1: ~1/4 of L5's).
+#: Two parts sharing more than this share of the slices of the shorter of them lie side by side, not one
+#: above the other: bodies are stacked along the spine, so the smaller (by volume) is bone segmented as
+#: body beside the column (a sacral ala, the sacrum below S1, a pedicle). Adjacent bodies share at most
+#: the slices of a tilted disc (L5/S1: ~1/4 of L5's).
 MAX_SIDE_OVERLAP = 0.5
 #: Bodies (nearest along the spine, from other parts) whose median height is a part's reference height:
 #: the median of four ignores one false positive or still-fused neighbour among them.
@@ -123,6 +124,8 @@ def split_vertebrae(
       if that area is at most ``neck_area_ratio`` of the smaller of the largest areas above and below it
       and each side keeps ``min_part_height_mm``; repeated on each side. The neck slice itself gets no body
       (label 0): it is the bridge, most likely disc;
+    - not at all when it lies beside a larger part (the two sharing more than ``max_side_overlap`` of the
+      slices of the shorter): bodies are stacked, so it is other bone beside the column, and is dropped;
     - into ``n`` slabs of equal slice count when, after the neck cuts, it spans more than
       ``max_height_ratio`` pitches: ``(height + gap) / (reference + gap)``, where the reference is the
       median height of the ``HEIGHT_NEIGHBOURS`` nearest bodies of other parts and the gap the median
@@ -151,7 +154,8 @@ def split_vertebrae(
     max_height_ratio : float or None
         Pitches spanned above which a part is split into equal slabs; None turns the height split off.
     max_side_overlap : float or None
-        Share of a part's slices shared with a larger part above which it is dropped; None keeps all.
+        Share of the shorter part's slices two parts may share before the smaller is dropped; None keeps
+        all.
 
     Returns
     -------
@@ -486,7 +490,7 @@ def _stacked_parts(
     kept = []
     for i, (_, a, b) in enumerate(parts):
         beside = any(
-            volume[j] > volume[i] and min(b, b_j) - max(a, a_j) > max_overlap * (b - a)
+            volume[j] > volume[i] and min(b, b_j) - max(a, a_j) > max_overlap * min(b - a, b_j - a_j)
             for j, (_, a_j, b_j) in enumerate(parts)
         )
         if not beside:
