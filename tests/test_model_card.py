@@ -120,6 +120,15 @@ def test_toml_card(tmp_path: Path) -> None:
     assert ModelCard.load(card.to_json(tmp_path / "model.json")) == card
 
 
+def load_error(tmp_path: Path, changes: dict[str, Any]) -> tuple[Path, str]:
+    """The card file with ``changes``, and the message of the ModelCardError (a ValueError) it raises."""
+    path = write_json(tmp_path, **changes)
+    with pytest.raises(ModelCardError) as info:
+        ModelCard.load(path)
+    assert isinstance(info.value, ValueError)
+    return path, str(info.value)
+
+
 @pytest.mark.parametrize(
     ("changes", "field", "detail"),
     [
@@ -159,13 +168,9 @@ def test_toml_card(tmp_path: Path) -> None:
 def test_invalid_json_card_names_file_and_field(
     tmp_path: Path, changes: dict[str, Any], field: str, detail: str
 ) -> None:
-    path = write_json(tmp_path, **changes)
-    with pytest.raises(ModelCardError) as info:
-        ModelCard.load(path)
-    message = str(info.value)
+    path, message = load_error(tmp_path, changes)
     assert message.startswith(f"{path}: {field}") or (message.startswith(f"{path}: ") and field in message)
     assert "model.json" in message and field in message and detail in message
-    assert isinstance(info.value, ValueError)
 
 
 def test_invalid_toml_and_json_files(tmp_path: Path) -> None:
@@ -335,10 +340,7 @@ def test_roi_and_cascade_toml(tmp_path: Path) -> None:
 def test_invalid_roi_or_cascade_names_the_field(
     tmp_path: Path, changes: dict[str, Any], prefix: str, detail: str
 ) -> None:
-    path = write_json(tmp_path, **changes)
-    with pytest.raises(ModelCardError) as info:
-        ModelCard.load(path)
-    message = str(info.value)
+    path, message = load_error(tmp_path, changes)
     assert message.startswith(f"{path}: {prefix}"), message
     assert detail in message, message
 
