@@ -69,8 +69,8 @@ def main() -> None:
     notes = (
         f"{args.participants} full-scale participants (fused grid 376 × 174 × 224 at 2.232 × 2.232 × 3 mm, "
         f"one 20254 slice each), embedded LocalCluster of {args.workers} single-threaded workers, packaged "
-        "body-unet + spine-unet cascade on the CPU. Worker seconds per visit: the stage's time in a worker (stages run one "
-        f"after another; the {args.workers} workers share the cores). Wall per participant: "
+        "body-unet + spine-unet cascade on the CPU. Worker seconds per visit: the stage's time in a worker "
+        f"(stages run one after another; the {args.workers} workers share the cores). Wall per participant: "
         f"{wall / args.participants:.1f} s."
     )
     write_results("pipeline_run", rows, notes)

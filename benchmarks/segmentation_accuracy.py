@@ -30,6 +30,7 @@ from cohortscale.models.default import DEFAULT_CLASSES, SPINE_CLASSES, VERTEBRAL
 from cohortscale.models.metrics import overlap_table
 from cohortscale.models.preprocess import read_fused, spacing_from_affine
 from cohortscale.ops.vertebrae import AnchorNotFoundError, label_vertebrae
+from cohortscale.pipeline.fusion import FUSED
 from cohortscale.synth.labels import LABEL_NAMES, VERTEBRA_IDS
 from common import write_results
 
@@ -60,13 +61,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     models = cached_cascade(args.card)
-    labels = cascade_labels([m.card for m in models])
-    names = {i: n for i, n in labels.items() if i not in (0, VERTEBRAL_BODY_ID)}
-    names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
-    tables, seconds, failures = [], [], []
     root = open_store(args.store)
     keys = fused_visits(args.store)
     rows_of = participant_rows(root)
+    # Scored: the labels of the models that run on the cohort's grid (a refining model may skip it).
+    spacing = spacing_from_affine(root[f"{FUSED}/affine"][rows_of[keys[0]]])
+    running = [m.card for m in models if m.card.roi is None or m.card.roi.covers(spacing)]
+    names = {i: n for i, n in cascade_labels(running).items() if i not in (0, VERTEBRAL_BODY_ID)}
+    names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
+    tables, seconds, failures = [], [], []
     for key in keys:
         inputs = dict.fromkeys(name for m in models for name in m.card.inputs)
         arrays, affine = read_fused(root, rows_of[key], list(inputs))
@@ -106,7 +109,7 @@ def main() -> None:
     other = per_label.loc[~ids.isin([*VERTEBRA_IDS, VERTEBRAL_BODY_ID])]
     merged = per_label.loc[ids == VERTEBRAL_BODY_ID, "dice"].mean()
     summary = (
-        f"Model {' + '.join(f'{m.card.name} {m.card.version}' for m in models)} ({args.card.name}); test "
+        f"Model {' + '.join(f'{c.name} {c.version}' for c in running)} ({args.card.name}); test "
         f"cohort {args.describe or args.cohort.name} "
         f"({len(keys)} fused visits). Mean Dice over the non-vertebral labels {other['dice'].mean():.3f}; "
         f"vertebral bodies as one class {merged:.3f}; by level (counted from S1): mean "

@@ -113,6 +113,7 @@ def test_scheme_lookup_and_card() -> None:
     # The spine model's preset: its scheme, network, grid and region; the body model's has no region.
     spine = training_preset("spine")
     assert (spine.name, spine.model.n_classes, spine.spacing_mm) == ("spine-unet", 3, SPINE_SPACING_MM)
+    assert spine.model.base_width == 8 and training_preset("body").model.base_width == 16
     assert (
         spine.roi == SPINE_ROI
         and spine.roi.around == "vertebral_body"

@@ -489,7 +489,9 @@ def _training_cohort(out: str, participants: int, seed: int, scale: float) -> tu
     "--spacing", metavar="Z,Y,X", help="Model voxel spacing, mm.  [default: 12,9,9; spine 3,2.25,2.25]"
 )
 @click.option("--patch", metavar="Z,Y,X", help="Patch size, voxels.  [default: 32,40,48; spine 48,40,40]")
-@click.option("--base-width", type=int, help="Feature channels of the U-Net's top level.  [default: 16]")
+@click.option(
+    "--base-width", type=int, help="Feature channels of the U-Net's top level.  [default: 16; spine 8]"
+)
 @click.option("--depth", type=int, help="Resolution levels of the U-Net.  [default: 4]")
 @click.option(
     "--device",

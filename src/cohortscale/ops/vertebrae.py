@@ -50,6 +50,9 @@ MAX_HEIGHT_RATIO = 1.6
 #: body beside the column (a sacral ala, the sacrum below S1, a pedicle). Adjacent bodies share at most
 #: the slices of a tilted disc (L5/S1: ~1/4 of L5's).
 MAX_SIDE_OVERLAP = 0.5
+#: Only parts at least this many slices tall are compared so: a body spans one to three 12 mm slices, and
+#: neighbours there share a slice through their tilted disc as often as not.
+MIN_SIDE_SLICES = 4
 #: Bodies (nearest along the spine, from other parts) whose median height is a part's reference height:
 #: the median of four ignores one false positive or still-fused neighbour among them.
 HEIGHT_NEIGHBOURS = 4
@@ -125,7 +128,8 @@ def split_vertebrae(
       and each side keeps ``min_part_height_mm``; repeated on each side. The neck slice itself gets no body
       (label 0): it is the bridge, most likely disc;
     - not at all when it lies beside a larger part (the two sharing more than ``max_side_overlap`` of the
-      slices of the shorter): bodies are stacked, so it is other bone beside the column, and is dropped;
+      slices of the shorter, both at least ``MIN_SIDE_SLICES`` tall): bodies are stacked, so it is other
+      bone beside the column, and is dropped;
     - into ``n`` slabs of equal slice count when, after the neck cuts, it spans more than
       ``max_height_ratio`` pitches: ``(height + gap) / (reference + gap)``, where the reference is the
       median height of the ``HEIGHT_NEIGHBOURS`` nearest bodies of other parts and the gap the median
@@ -490,7 +494,9 @@ def _stacked_parts(
     kept = []
     for i, (_, a, b) in enumerate(parts):
         beside = any(
-            volume[j] > volume[i] and min(b, b_j) - max(a, a_j) > max_overlap * min(b - a, b_j - a_j)
+            volume[j] > volume[i]
+            and min(b - a, b_j - a_j) >= MIN_SIDE_SLICES
+            and min(b, b_j) - max(a, a_j) > max_overlap * min(b - a, b_j - a_j)
             for j, (_, a_j, b_j) in enumerate(parts)
         )
         if not beside:
