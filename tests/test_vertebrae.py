@@ -268,9 +268,10 @@ def test_specks_below_min_volume_removed() -> None:
     components, n = split_vertebrae(mask | specks, SPACING)
     assert n == 4
     assert not components[specks].any()
-    assert split_vertebrae(mask | specks, SPACING, min_volume_mm3=0.0, max_side_overlap=None)[1] == 7
-    # Kept by the volume threshold, the specks are too short (one or two slices) for the side-by-side rule.
-    assert split_vertebrae(mask | specks, SPACING, min_volume_mm3=0.0)[1] == 7
+    every = {"min_volume_mm3": 0.0, "max_side_overlap": None, "min_volume_ratio": None}
+    assert split_vertebrae(mask | specks, SPACING, **every)[1] == 7
+    # Kept by the volume threshold, they are still fragments next to the bodies around them.
+    assert split_vertebrae(mask | specks, SPACING, min_volume_mm3=0.0)[1] == 4
 
 
 def test_bone_beside_the_column_is_not_a_body() -> None:
@@ -278,9 +279,9 @@ def test_bone_beside_the_column_is_not_a_body() -> None:
     mask, slabs = box_stack(6, margin=10)
     low = slabs[-1]
     ala = np.zeros_like(mask)
-    ala[low.start + 1 : low.stop + 2, :, 0] = True  # 5 slices, 3 beside S1 (a voxel apart): 720 mm³
+    ala[low.start + 1 : low.stop + 3, :, 0] = True  # 6 slices, 3 beside S1 (a voxel apart): 864 mm³
     ala_only = ala & ~mask
-    assert ala_only.sum() * np.prod(SPACING) == 720
+    assert ala_only.sum() * np.prod(SPACING) == 864  # over a quarter of a body: not a mere fragment
     components, n = split_vertebrae(mask | ala, SPACING, min_volume_mm3=300.0)
     assert n == 6 and not components[ala_only].any()
     named = assign_levels(components, SPACING, foot_to_head=False)
@@ -304,6 +305,25 @@ def test_sacrum_below_s1_is_not_a_body() -> None:
     named = assign_levels(components, SPACING, foot_to_head=False)
     for k, s in enumerate(slabs[::-1]):
         assert np.all(named[s][mask[s]] == VERTEBRA_IDS[-1 - k]), VERTEBRAE[-1 - k]
+
+
+def test_fragment_behind_the_column_is_not_a_body() -> None:
+    """A pedicle segmented as body behind the gap between two bodies: a tenth of a body, not a level."""
+    mask, slabs = box_stack(6, margin=4)
+    bodies = np.zeros((mask.shape[0], mask.shape[1] + 4, mask.shape[2]), dtype=bool)
+    bodies[:, : mask.shape[1]] = mask
+    fragment = bodies.copy()
+    gap = slabs[2].stop  # the disc between the third and fourth bodies
+    fragment[gap - 1 : gap + 2, -3:, 4:8] = True  # behind the bodies, a voxel apart: 36 voxels
+    components, n = split_vertebrae(fragment, SPACING, min_volume_mm3=300.0)
+    assert n == 6 and not components[:, -3:].any()
+    named = assign_levels(components, SPACING, foot_to_head=False)
+    for k, s in enumerate(slabs[::-1]):
+        assert np.all(named[s][bodies[s]] == VERTEBRA_IDS[-1 - k]), VERTEBRAE[-1 - k]
+    # Counted, it would take a level and shift every level above it by one.
+    components, n = split_vertebrae(fragment, SPACING, min_volume_mm3=300.0, min_volume_ratio=None)
+    named = assign_levels(components, SPACING, foot_to_head=False)
+    assert n == 7 and np.all(named[slabs[0]][bodies[slabs[0]]] == VERTEBRA_IDS[-7])
 
 
 def test_tilted_neighbours_sharing_slices_are_both_kept() -> None:

@@ -53,6 +53,10 @@ MAX_SIDE_OVERLAP = 0.5
 #: Only parts at least this many slices tall are compared so: a body spans one to three 12 mm slices, and
 #: neighbours there share a slice through their tilted disc as often as not.
 MIN_SIDE_SLICES = 4
+#: A part holding less than this share of the median volume of its nearest neighbours (``HEIGHT_NEIGHBOURS``
+#: parts along the slice axis) is a fragment of other bone, not a body: adjacent bodies differ by far
+#: less (C7 holds ~0.45 of T1 and T2, the largest step of the column).
+MIN_VOLUME_RATIO = 0.25
 #: Bodies (nearest along the spine, from other parts) whose median height is a part's reference height:
 #: the median of four ignores one false positive or still-fused neighbour among them.
 HEIGHT_NEIGHBOURS = 4
@@ -117,6 +121,7 @@ def split_vertebrae(
     min_part_height_mm: float = MIN_PART_HEIGHT_MM,
     max_height_ratio: float | None = MAX_HEIGHT_RATIO,
     max_side_overlap: float | None = MAX_SIDE_OVERLAP,
+    min_volume_ratio: float | None = MIN_VOLUME_RATIO,
 ) -> tuple[np.ndarray, int]:
     """Separate vertebral bodies in a one-class body mask.
 
@@ -130,6 +135,10 @@ def split_vertebrae(
     - not at all when it lies beside a larger part (the two sharing more than ``max_side_overlap`` of the
       slices of the shorter, both at least ``MIN_SIDE_SLICES`` tall): bodies are stacked, so it is other
       bone beside the column, and is dropped;
+    - not at all when it holds less than ``min_volume_ratio`` of the median volume of the
+      ``HEIGHT_NEIGHBOURS`` parts nearest to it along the slice axis: adjacent bodies differ in size by
+      far less, so it is a fragment of other bone (a pedicle or a rib head behind the bodies), and is
+      dropped;
     - into ``n`` slabs of equal slice count when, after the neck cuts, it spans more than
       ``max_height_ratio`` pitches: ``(height + gap) / (reference + gap)``, where the reference is the
       median height of the ``HEIGHT_NEIGHBOURS`` nearest bodies of other parts and the gap the median
@@ -160,6 +169,8 @@ def split_vertebrae(
     max_side_overlap : float or None
         Share of the shorter part's slices two parts may share before the smaller is dropped; None keeps
         all.
+    min_volume_ratio : float or None
+        Least share of its neighbours' median volume a part must hold; None keeps all.
 
     Returns
     -------
@@ -191,6 +202,8 @@ def split_vertebrae(
             parts.append((int(k), start + a, start + b))
     if max_side_overlap is not None:
         parts = _stacked_parts(parts, profile, max_side_overlap)
+    if min_volume_ratio is not None:
+        parts = _whole_parts(parts, profile, min_volume_ratio)
 
     # Height split: how many bodies each part holds.
     start = np.array([p[1] for p in parts], dtype=int)
@@ -500,6 +513,22 @@ def _stacked_parts(
             for j, (_, a_j, b_j) in enumerate(parts)
         )
         if not beside:
+            kept.append(parts[i])
+    return kept
+
+
+def _whole_parts(
+    parts: list[tuple[int, int, int]], profile: np.ndarray, min_ratio: float
+) -> list[tuple[int, int, int]]:
+    """The parts (component, start, stop) holding at least ``min_ratio`` of the median volume of the
+    ``HEIGHT_NEIGHBOURS`` parts nearest to them along the slice axis (see :func:`split_vertebrae`)."""
+    volume = np.array([profile[k, a:b].sum() for k, a, b in parts], dtype=float)
+    centre = np.array([(a + b) / 2 for _, a, b in parts])
+    kept = []
+    for i in range(len(parts)):
+        others = np.delete(np.arange(len(parts)), i)
+        nearest = others[np.argsort(np.abs(centre[others] - centre[i]), kind="stable")[:HEIGHT_NEIGHBOURS]]
+        if not nearest.size or volume[i] >= min_ratio * np.median(volume[nearest]):
             kept.append(parts[i])
     return kept
 
