@@ -16,6 +16,7 @@ import torch
 from cohortscale.models.card import ModelCard, ModelCardError, RegionOfInterest
 from cohortscale.models.cascade import (
     CascadeError,
+    add_to_cascade,
     cached_cascade,
     cascade_labels,
     crop_affine,
@@ -233,7 +234,7 @@ def card(name: str, labels: dict, roi=None, inputs=("water", "fat"), spacing=(1.
         spacing_mm=tuple(spacing),
         patch_size=extra.pop("patch_size", (4, 4, 4)),
         labels=labels,
-        weights=f"{name}.pt",
+        weights=extra.pop("weights", f"{name}.pt"),
         format="torchscript",
         roi=roi,
         **extra,
@@ -677,3 +678,51 @@ def test_cached_cascade_of_a_refining_card(tmp_path: Path) -> None:
     core_path = save_model(tmp_path, core_card(), CoreRule())
     with pytest.raises(CascadeError, match=r"core: this model runs inside the region around 'tissue'"):
         cached_cascade(core_path)
+
+
+# ------------------------------------------------------------------------------------- add_to_cascade
+
+
+def test_add_to_cascade_installs_the_refining_model(tmp_path: Path) -> None:
+    first = save_model(tmp_path / "body", tissue_card(), TissueRule())
+    core = save_model(tmp_path / "trained", core_card(weights="core.pt"), CoreRule())
+    assert add_to_cascade(first, core) == first
+    assert ModelCard.load(first).cascade == ("core.json",)
+    for name in ("core.json", "core.pt"):
+        assert (tmp_path / "body" / name).read_bytes() == (tmp_path / "trained" / name).read_bytes()
+    loaded = cached_cascade(first)
+    assert [m.card.name for m in loaded] == ["tissue", "core"]
+
+    # Again after a new training (the installed copy is stale): its files replaced, listed once.
+    (tmp_path / "body" / "core.pt").write_bytes(b"stale")
+    add_to_cascade(first, core)
+    assert ModelCard.load(first).cascade == ("core.json",)
+    assert (tmp_path / "body" / "core.pt").read_bytes() == (tmp_path / "trained" / "core.pt").read_bytes()
+    # Installed from where it already lies: nothing to copy.
+    add_to_cascade(first, tmp_path / "body" / "core.json")
+    assert ModelCard.load(first).cascade == ("core.json",)
+
+
+def test_add_to_cascade_refuses_what_would_not_fit(tmp_path: Path) -> None:
+    first = save_model(tmp_path / "body", tissue_card(), TissueRule())
+    before = first.read_bytes()
+    # The refining model's weights would replace the first model's.
+    clash = save_model(tmp_path / "a", core_card(weights=tissue_card().weights), CoreRule())
+    with pytest.raises(CascadeError, match="would replace tissue's"):
+        add_to_cascade(first, clash)
+    # Its region names no label of the first model: nothing copied, the card unchanged.
+    lost = save_model(tmp_path / "b", core_card(around="liver", weights="core.pt"), CoreRule())
+    with pytest.raises(CascadeError, match=r"roi\.around 'liver'"):
+        add_to_cascade(first, lost)
+    assert first.read_bytes() == before and sorted(p.name for p in first.parent.iterdir()) == [
+        "tissue.json",
+        tissue_card().weights,
+    ]
+    # No weights beside the refining card; a TOML first card is not rewritten.
+    (tmp_path / "b" / "core.pt").unlink()
+    with pytest.raises(ModelLoadError, match=r"core\.pt does not exist"):
+        add_to_cascade(first, tmp_path / "b" / "core.json")
+    toml = tmp_path / "body" / "tissue.toml"
+    toml.write_text("name = 'x'\n")
+    with pytest.raises(ModelCardError, match="only a JSON card"):
+        add_to_cascade(toml, clash)

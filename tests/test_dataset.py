@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cohortscale.cli import main
 from cohortscale.io.store import open_store, participant_rows
 from cohortscale.models.card import ModelCard, RegionOfInterest
+from cohortscale.models.cascade import cached_cascade
 from cohortscale.models.dataset import (
     TrainingDataError,
     split_by_participant,
@@ -45,7 +46,12 @@ from cohortscale.models.unet import UNet3D, UNetConfig
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.fusion import FUSED, FusionConfig, run_fusion
-from cohortscale.pipeline.segmentation import SegmentationConfig, output_labels, run_segmentation
+from cohortscale.pipeline.segmentation import (
+    DEFAULT_CARD,
+    SegmentationConfig,
+    output_labels,
+    run_segmentation,
+)
 from cohortscale.synth.acquisition import fused_shape_spacing
 from cohortscale.synth.labels import LABELS, VERTEBRA_IDS
 
@@ -352,3 +358,37 @@ def test_train_synth_makes_its_own_cohort(tmp_path: Path) -> None:
     for bad in (["--synth", "2", "--cohort", str(tmp_path)], []):
         refused = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), *bad])
         assert refused.exit_code == 2 and "--synth" in refused.output, refused.output
+
+
+def test_train_spine_into_a_cascade(clean_cohort: Path, fused_store: Path, tmp_path: Path) -> None:
+    """``train --scheme spine --cascade-into CARD``: the spine model trained, then installed beside CARD and
+    listed in its cascade (tiny settings; a TOML card is refused before any training)."""
+    body = tmp_path / "body"
+    body.mkdir()
+    packaged = ModelCard.load(DEFAULT_CARD)
+    plain = ModelCard.from_dict({**packaged.to_dict(), "cascade": []})
+    card_path = plain.to_json(body / "body-unet.json")
+    shutil.copyfile(DEFAULT_CARD.parent / packaged.weights, body / packaged.weights)
+    out = tmp_path / "spine"
+    args = ["train", "--scheme", "spine", "--cohort", str(clean_cohort), "--store", str(fused_store)]
+    tiny = [
+        *("--out", str(out), "--epochs", "1", "--steps-per-epoch", "1", "--base-width", "4", "--depth", "2"),
+        *("--spacing", ",".join(map(str, COARSE_MM)), "--patch", ",".join(map(str, TINY_PATCH))),
+        *("--device", "cpu", "--set", "train.batch_size=1"),
+    ]
+    toml = body / "body-unet.toml"
+    toml.write_text('name = "body-unet"\n')
+    refused = CliRunner().invoke(main, [*args, *tiny, "--cascade-into", str(toml)])
+    assert refused.exit_code == 2 and "give a JSON model card" in refused.output, refused.output
+    assert not out.exists()
+    result = CliRunner().invoke(main, [*args, *tiny, "--cascade-into", str(card_path)])
+    assert result.exit_code == 0, result.output
+    assert f"added to the cascade of {card_path}" in result.output
+    spine = ModelCard.load(out / "spine-unet.json")
+    assert (
+        spine.weights == "spine-unet.pt" and spine.roi == SPINE_ROI and spine.architecture["base_width"] == 4
+    )
+    assert ModelCard.load(card_path).cascade == ("spine-unet.json",)
+    for name in ("spine-unet.json", "spine-unet.pt"):
+        assert (body / name).read_bytes() == (out / name).read_bytes()
+    assert [m.card.name for m in cached_cascade(card_path)] == ["body-unet", "spine-unet"]

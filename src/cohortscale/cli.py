@@ -498,6 +498,13 @@ def _training_cohort(out: str, participants: int, seed: int, scale: float) -> tu
     type=click.Choice(["auto", "cpu", "gpu"]),
     help="Where to train (auto: a GPU when torch sees one).  [default: auto]",
 )
+@click.option(
+    "--cascade-into",
+    "cascade_into",
+    type=click.Path(dir_okay=False, exists=True),
+    help="After training, copy the model beside this (JSON) model card and list it in the card's cascade "
+    "(a spine model refining a body model's vertebral bodies).",
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML settings.")
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting, e.g. train.learning_rate=3e-4."
@@ -510,6 +517,7 @@ def train(
     scale: float,
     out: str,
     scheme: str,
+    cascade_into: str | None,
     config_file: str | None,
     sets: tuple[str, ...],
     **options: object,
@@ -530,6 +538,8 @@ def train(
         config = load_config(DefaultTrainingConfig, overrides=list(sets), base=config)
     except (KeyError, ValueError, TypeError) as exc:
         raise click.UsageError(str(exc).strip("'\"")) from exc
+    if cascade_into and Path(cascade_into).suffix.lower() != ".json":
+        raise click.UsageError(f"--cascade-into {cascade_into}: give a JSON model card (it is rewritten)")
     if synth_participants is not None:
         if cohort or store:
             raise click.UsageError("give either --synth or --cohort and --store")
@@ -563,6 +573,14 @@ def train(
         f"segment with: {shlex.join(['cohortscale', 'segment', store, '--card', str(result.card_path)])}"
     )
     click.echo(f"reproduce with: {command}")
+    if cascade_into:
+        from cohortscale.models.cascade import add_to_cascade
+
+        try:
+            add_to_cascade(cascade_into, result.card_path)
+        except ValueError as exc:  # cards that do not fit together, clashing file names
+            raise click.UsageError(str(exc)) from exc
+        click.echo(f"added to the cascade of {cascade_into}: segment with it to run both")
 
 
 def _report_stage(store: str, strict: bool, stage: str, run: Callable[[], object]) -> None:

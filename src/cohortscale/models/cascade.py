@@ -15,20 +15,23 @@ it would only see its inputs upsampled.
 
 The kernels (:func:`roi_box`, :func:`merge_refined`, :func:`crop_affine`) are plain functions of arrays;
 :func:`cascade_labels` checks that cards fit together; :func:`segment_cascade` runs loaded models on one
-participant's volumes and :func:`cached_cascade` loads a card's cascade once per process.
+participant's volumes, :func:`cached_cascade` loads a card's cascade once per process, and
+:func:`add_to_cascade` installs a refining model beside a card and lists it there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cohortscale.models.card import ModelCard, cascade_paths
-from cohortscale.models.loading import LoadedModel, cached_model, segment_volume
+from cohortscale.models.card import ModelCard, ModelCardError, cascade_paths, weights_path
+from cohortscale.models.loading import LoadedModel, ModelLoadError, cached_model, read_card, segment_volume
 from cohortscale.models.preprocess import spacing_from_affine
 
 #: A box on a (Z, Y, X) grid: one slice per axis.
@@ -247,3 +250,51 @@ def cached_cascade(card_path: str | Path, device: torch.device | str = "cpu") ->
     loaded = (first, *(cached_model(path, device) for path in cascade_paths(card_path, first.card)))
     cascade_labels([model.card for model in loaded])
     return loaded
+
+
+def add_to_cascade(card_path: str | Path, refining_card_path: str | Path) -> Path:
+    """Make a model part of another's cascade: its card and weights copied beside the first card, and its
+    card listed last in that card's ``cascade`` (once; a new training of it replaces its files).
+
+    Parameters
+    ----------
+    card_path : path-like
+        The first model's JSON card, rewritten in place.
+    refining_card_path : path-like
+        The refining model's card (with a ``roi``), its weights beside it.
+
+    Returns
+    -------
+    Path
+        The first card's path.
+
+    Raises
+    ------
+    CascadeError
+        When the cascade would not fit together (:func:`cascade_labels`), or a file of the refining model
+        would take the name of the first card or its weights.
+    ModelCardError, ModelLoadError
+        For an invalid or non-JSON first card, an invalid refining card or a missing weights file.
+    """
+    card_path, refining_path = Path(card_path), Path(refining_card_path)
+    if card_path.suffix.lower() != ".json":
+        raise ModelCardError(f"{card_path}: only a JSON card is rewritten; convert it first")
+    card, refining = read_card(card_path), read_card(refining_path)
+    weights = weights_path(refining_path, refining)
+    if not weights.is_file():
+        raise ModelLoadError(f"{refining_path}: weights file {weights} does not exist")
+    taken = {card_path.name, card.weights}
+    clashes = sorted({refining_path.name, refining.weights} & taken)
+    if clashes:
+        raise CascadeError(
+            f"{refining_path}: its file(s) {clashes} would replace {card.name}'s beside {card_path}; "
+            "rename the refining model's card or weights"
+        )
+    others = [item for item in card.cascade if item != refining_path.name]
+    cascade_labels([card, *(read_card(card_path.parent / item) for item in others), refining])
+    for source in (refining_path, weights):
+        target = card_path.parent / source.name
+        if not (target.exists() and target.samefile(source)):
+            shutil.copyfile(source, target)
+    dataclasses.replace(card, cascade=(*others, refining_path.name)).to_json(card_path)
+    return card_path
