@@ -1,10 +1,30 @@
-"""Segmentation networks: the 3D U-Net, sliding-window inference, model cards and loading, overlap metrics,
-and the default model's label scheme, training data and training run."""
+"""Segmentation networks: the 3D U-Net, sliding-window inference, model cards and loading, cascades of
+models, overlap metrics, and the default models' label schemes, training data and training run."""
 
-from cohortscale.models.card import ModelCard, ModelCardError, Normalisation, normalise, weights_path
+from cohortscale.models.card import (
+    ModelCard,
+    ModelCardError,
+    Normalisation,
+    RegionOfInterest,
+    cascade_paths,
+    normalise,
+    weights_path,
+)
+from cohortscale.models.cascade import (
+    CascadeError,
+    add_to_cascade,
+    cached_cascade,
+    cascade_labels,
+    crop_affine,
+    merge_refined,
+    roi_box,
+    segment_cascade,
+)
 from cohortscale.models.dataset import Example, TrainingDataError, split_by_participant, training_examples
 from cohortscale.models.default import (
     DEFAULT_CLASSES,
+    SCHEMES,
+    SPINE_CLASSES,
     VERTEBRAL_BODY_ID,
     DefaultTrainingConfig,
     TrainingResult,
@@ -12,6 +32,7 @@ from cohortscale.models.default import (
     default_card,
     scheme_labels,
     train_default_model,
+    training_preset,
 )
 from cohortscale.models.inference import gaussian_importance, patch_starts, sliding_window_inference
 from cohortscale.models.loading import (
@@ -47,7 +68,10 @@ from cohortscale.models.unet import UNet3D, UNetConfig, count_parameters
 
 __all__ = [
     "DEFAULT_CLASSES",
+    "SCHEMES",
+    "SPINE_CLASSES",
     "VERTEBRAL_BODY_ID",
+    "CascadeError",
     "DefaultTrainingConfig",
     "Example",
     "LoadedModel",
@@ -57,19 +81,25 @@ __all__ = [
     "Normalisation",
     "PatchSampler",
     "PreparedGeometry",
+    "RegionOfInterest",
     "TrainConfig",
     "TrainHistory",
     "TrainingDataError",
     "TrainingResult",
     "UNet3D",
     "UNetConfig",
+    "add_to_cascade",
     "assemble_channels",
+    "cached_cascade",
     "cached_model",
+    "cascade_labels",
+    "cascade_paths",
     "channel_lookup",
     "class_lookup",
     "clear_model_cache",
     "confusion_matrix",
     "count_parameters",
+    "crop_affine",
     "default_card",
     "dice_ce_loss",
     "dice_per_class",
@@ -79,13 +109,16 @@ __all__ = [
     "load_model",
     "mean_dice",
     "mean_iou",
+    "merge_refined",
     "normalise",
     "overlap_table",
     "patch_starts",
     "prepare_input",
     "read_fused",
     "restore",
+    "roi_box",
     "scheme_labels",
+    "segment_cascade",
     "segment_volume",
     "sliding_window_inference",
     "spacing_from_affine",
@@ -94,5 +127,6 @@ __all__ = [
     "train",
     "train_default_model",
     "training_examples",
+    "training_preset",
     "weights_path",
 ]
