@@ -21,6 +21,7 @@ from cohortscale.models.card import ModelCard, RegionOfInterest
 from cohortscale.models.cascade import cached_cascade
 from cohortscale.models.dataset import (
     TrainingDataError,
+    annotated_examples,
     split_by_participant,
     training_examples,
     truth_path,
@@ -46,6 +47,7 @@ from cohortscale.models.unet import UNet3D, UNetConfig
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.fusion import FUSED, FusionConfig, run_fusion
+from cohortscale.pipeline.labels import import_labels
 from cohortscale.pipeline.segmentation import (
     DEFAULT_CARD,
     SegmentationConfig,
@@ -392,3 +394,57 @@ def test_train_spine_into_a_cascade(clean_cohort: Path, fused_store: Path, tmp_p
     for name in ("spine-unet.json", "spine-unet.pt"):
         assert (body / name).read_bytes() == (out / name).read_bytes()
     assert [m.card.name for m in cached_cascade(card_path)] == ["body-unet", "spine-unet"]
+
+
+def test_train_on_a_users_annotations(clean_cohort: Path, fused_store: Path, tmp_path: Path) -> None:
+    """``train --labels NAME``: a label set imported into the store (here: fat and liver of four visits,
+    drawn from the truth, with the user's own ids) trains a model whose classes are that set's."""
+    store = tmp_path / "store.zarr"
+    shutil.copytree(fused_store, store)
+    names = {0: "background", 5: "fat", 9: "liver"}
+    rows = participant_rows(open_store(store, mode="r"))
+    annotated = sorted(rows)[:4]
+
+    def annotation(key: str) -> np.ndarray:
+        truth = zarr.open_group(str(truth_path(clean_cohort, key)), mode="r")["fused"]["labels"][:]
+        fat = np.isin(truth, [LABELS["subcutaneous_fat"], LABELS["visceral_fat"]])
+        return np.where(fat, 5, np.where(truth == LABELS["liver"], 9, 0)).astype(np.uint8)
+
+    import_labels(store, "mine", names, ((k, annotation(k)) for k in annotated), "test annotations")
+    card = default_card(
+        fused_spacing(store), TINY_PATCH, UNetConfig(in_channels=3, n_classes=3), labels=names
+    )
+    examples = annotated_examples(store, card, "mine")
+    assert [e.key for e in examples] == annotated  # the visits without annotations are left out
+    for example in examples:
+        np.testing.assert_array_equal(example.labels, annotation(example.key))
+        np.testing.assert_array_equal(
+            example.target, np.select([example.labels == 5, example.labels == 9], [1, 2])
+        )
+    with pytest.raises(TrainingDataError, match="no label set labels/theirs"):
+        annotated_examples(store, card, "theirs")
+
+    out = tmp_path / "model"
+    tiny = [
+        *("--out", str(out), "--epochs", "1", "--steps-per-epoch", "1", "--base-width", "4", "--depth", "2"),
+        *("--spacing", ",".join(map(str, COARSE_MM)), "--patch", ",".join(map(str, TINY_PATCH))),
+        *("--device", "cpu", "--validation-fraction", "0.5", "--set", "train.batch_size=1"),
+    ]
+    both = CliRunner().invoke(
+        main, ["train", "--labels", "mine", "--cohort", str(clean_cohort), "--store", str(store), *tiny]
+    )
+    assert both.exit_code == 2 and "--labels NAME with --store only" in both.output, both.output
+    result = CliRunner().invoke(main, ["train", "--labels", "mine", "--store", str(store), *tiny])
+    assert result.exit_code == 0, result.output
+    trained = ModelCard.load(out / "body-unet.json")
+    assert trained.labels == names and trained.architecture["n_classes"] == 3
+    assert trained.training["annotations"] == "mine" and "cohort" not in trained.training
+    assert sorted(trained.training["training_visits"] + trained.training["validation_visits"]) == annotated
+    assert trained.training["command"].startswith("cohortscale train --scheme body --labels mine --store")
+    report = run_segmentation(
+        store, SegmentationConfig(card=str(out / "body-unet.json"), device="cpu"), ENGINE, CLUSTER
+    )
+    assert report.done == 6
+    segmented = open_store(store, mode="r")["labels/body-unet"]
+    assert segmented.attrs["labels"] == {"0": "background", "5": "fat", "9": "liver"}
+    assert set(np.unique(segmented[0])) <= {0, 5, 9}

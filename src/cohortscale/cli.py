@@ -409,7 +409,9 @@ def _setting_text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _train_command(cohort: str, store: str, out: str, config: object) -> str:
+def _train_command(
+    cohort: str | None, store: str, out: str, config: object, annotations: str | None = None
+) -> str:
     """The ``cohortscale train`` command line that gives ``config``: every option, and ``--set`` for the
     other settings that differ from the defaults."""
     from cohortscale.config import config_to_dict
@@ -418,7 +420,8 @@ def _train_command(cohort: str, store: str, out: str, config: object) -> str:
     settings = _flat_settings(config_to_dict(config))
     scheme = str(settings.pop("scheme"))
     defaults = _flat_settings(config_to_dict(training_preset(scheme)))
-    words = ["cohortscale", "train", "--scheme", scheme, "--cohort", cohort, "--store", store, "--out", out]
+    source = ["--labels", annotations] if annotations is not None else ["--cohort", str(cohort)]
+    words = ["cohortscale", "train", "--scheme", scheme, *source, "--store", store, "--out", out]
     for option, key in TRAIN_OPTIONS.items():
         words += [f"--{option.replace('_', '-')}", _setting_text(settings[key])]
     for key, value in settings.items():
@@ -499,6 +502,13 @@ def _training_cohort(out: str, participants: int, seed: int, scale: float) -> tu
     help="Where to train (auto: a GPU when torch sees one).  [default: auto]",
 )
 @click.option(
+    "--labels",
+    "annotations",
+    metavar="NAME",
+    help="Instead of a synthetic cohort's truth: train on the store's label set labels/NAME (a user's "
+    "annotations, imported with cohortscale.pipeline.labels.import_labels); its labels become the classes.",
+)
+@click.option(
     "--cascade-into",
     "cascade_into",
     type=click.Path(dir_okay=False, exists=True),
@@ -517,6 +527,7 @@ def train(
     scale: float,
     out: str,
     scheme: str,
+    annotations: str | None,
     cascade_into: str | None,
     config_file: str | None,
     sets: tuple[str, ...],
@@ -540,7 +551,11 @@ def train(
         raise click.UsageError(str(exc).strip("'\"")) from exc
     if cascade_into and Path(cascade_into).suffix.lower() != ".json":
         raise click.UsageError(f"--cascade-into {cascade_into}: give a JSON model card (it is rewritten)")
-    if synth_participants is not None:
+    if annotations is not None:
+        if cohort or synth_participants is not None or not store:
+            raise click.UsageError("give --labels NAME with --store only (the annotations are in the store)")
+        command = _train_command(None, store, out, config, annotations)
+    elif synth_participants is not None:
         if cohort or store:
             raise click.UsageError("give either --synth or --cohort and --store")
         cohort, store = _training_cohort(out, synth_participants, synth_seed, scale)
@@ -556,7 +571,9 @@ def train(
     else:
         command = _train_command(cohort, store, out, config)
     try:
-        result = train_default_model(cohort, store, out, config, command=command, progress=True)
+        result = train_default_model(
+            cohort, store, out, config, command=command, progress=True, annotations=annotations
+        )
     except ValueError as exc:  # no usable visit, grids that differ, checkpoints of other settings
         raise click.UsageError(str(exc)) from exc
     participants = {key.rpartition("_")[0] for key in result.validation_keys}

@@ -32,7 +32,7 @@ import zarr
 from cohortscale.io.ledger import Ledger
 from cohortscale.io.store import open_store, participant_rows
 from cohortscale.models.card import ModelCard
-from cohortscale.models.default import DEFAULT_CLASSES, class_lookup, scheme_labels
+from cohortscale.models.default import DEFAULT_CLASSES, LOOKUP_SIZE, class_lookup, scheme_labels
 from cohortscale.models.preprocess import (
     PreparedGeometry,
     channel_lookup,
@@ -193,8 +193,6 @@ def training_examples(
         truth grid differs from the store's fused grid, or a truth lacks the card's ``roi.around`` class
         (naming the visit).
     """
-    from cohortscale.models.cascade import crop_affine, roi_box
-
     labels = scheme_labels(scheme)
     if dict(card.labels) != labels:
         raise TrainingDataError(f"the card's labels {card.labels} are not those of the label scheme {labels}")
@@ -209,7 +207,6 @@ def training_examples(
             f"no visit of {store} is both fused (fusion done) and has truth in {cohort_dir / TRUTH_DIR}"
         )
     to_card = class_lookup(scheme)
-    to_channel = channel_lookup(card, int(to_card.max()))
     examples = []
     for key in keys:
         row = rows[key]
@@ -220,30 +217,115 @@ def training_examples(
         truth_labels = np.asarray(truth["labels"][...])
         if truth_labels.dtype != np.uint8:
             raise TrainingDataError(f"visit {key}: truth labels are {truth_labels.dtype}, expected uint8")
-        if card.roi is not None:
-            around = next(i for i, name in card.labels.items() if name == card.roi.around)
-            box = roi_box(to_card[truth_labels], around, card.roi.margin_mm, spacing_from_affine(affine))
-            if box is None:
-                raise TrainingDataError(f"visit {key}: no {card.roi.around} in the truth to crop around")
-            arrays = {name: volume[box] for name, volume in arrays.items()}
-            truth_labels, affine = truth_labels[box], crop_affine(affine, box)
-        image, geometry = prepare_input(arrays, affine, card)
-        del arrays
-        card_labels = resample_labels(to_card[truth_labels], geometry.resampled_shape)
-        eid, _, instance = key.rpartition("_")
-        examples.append(
-            Example(
-                key=key,
-                eid=int(eid),
-                instance=int(instance),
-                image=image.numpy(),
-                target=to_channel[card_labels],
-                labels=truth_labels,
-                geometry=geometry,
-                affine=affine,
-            )
-        )
+        examples.append(_example(key, arrays, affine, truth_labels, card, to_card))
     return examples
+
+
+def annotation_labels(store: str | Path, name: str) -> dict[int, str]:
+    """Label id → name of the store's label set ``labels/<name>`` (its ``labels`` attribute), sorted.
+
+    Raises
+    ------
+    TrainingDataError
+        When the store has no such label set, or it names no labels.
+    """
+    root = open_store(store, mode="r")
+    path = f"labels/{name}"
+    if path not in root:
+        raise TrainingDataError(f"{store} has no label set {path} (import annotations with import_labels)")
+    names = {int(k): str(v) for k, v in dict(root[path].attrs.get("labels", {})).items()}
+    if 0 not in names or len(names) < 2:
+        raise TrainingDataError(f"{store}: {path} names no labels besides background ({names})")
+    return dict(sorted(names.items()))
+
+
+def annotated_examples(
+    store: str | Path, card: ModelCard, name: str, *, visits: Sequence[str] | None = None
+) -> list[Example]:
+    """Training examples from a label set in the store: a user's annotations (or any labels imported with
+    :func:`cohortscale.pipeline.labels.import_labels`) in ``labels/<name>``, on the fused grid.
+
+    Parameters
+    ----------
+    store : path-like
+        Cohort store after fusion, holding ``labels/<name>``.
+    card : ModelCard
+        Its labels must be the label set's (the array's ``labels`` attribute); ids are used as they are.
+    name : str
+        The label set.
+    visits : sequence of str, optional
+        Visit keys to use (each fused); default every fused visit with at least one labelled voxel (the
+        annotated ones: the rows of the others hold the fill value, background).
+
+    Returns
+    -------
+    list of Example
+        In visit-key order; ``labels`` hold the card's ids.
+
+    Raises
+    ------
+    TrainingDataError
+        When the store has no such label set, the card's labels are not its labels, no visit is annotated,
+        or a visit asked for is not fused.
+    """
+    names = annotation_labels(store, name)
+    root = open_store(store, mode="r")
+    path = f"labels/{name}"
+    array = root[path]
+    if dict(card.labels) != names:
+        raise TrainingDataError(f"the card's labels {card.labels} are not those of {path} {names}")
+    rows = participant_rows(root)
+    fused = set(fused_visits(store))
+    if visits is None:
+        keys = [k for k in sorted(rows) if k in fused and np.asarray(array[rows[k]]).any()]
+    else:
+        keys = list(visits)
+        for key in keys:
+            if key not in fused:
+                raise TrainingDataError(f"visit {key}: its fusion is not done in the store {store}")
+    if not keys:
+        raise TrainingDataError(f"no fused visit of {store} has a labelled voxel in {path}")
+    identity = np.zeros(LOOKUP_SIZE, dtype=np.uint8)
+    identity[list(card.labels)] = list(card.labels)
+    examples = []
+    for key in keys:
+        arrays, affine = read_fused(root, rows[key], card.inputs)
+        examples.append(_example(key, arrays, affine, np.asarray(array[rows[key]]), card, identity))
+    return examples
+
+
+def _example(
+    key: str,
+    arrays: dict[str, np.ndarray],
+    affine: np.ndarray,
+    labels: np.ndarray,
+    card: ModelCard,
+    to_card: np.ndarray,
+) -> Example:
+    """One visit's example: cropped to the card's region when it has one, resampled to its spacing, the
+    labels mapped by ``to_card`` to card ids and by the card to output channels."""
+    from cohortscale.models.cascade import crop_affine, roi_box
+
+    if card.roi is not None:
+        around = next(i for i, label in card.labels.items() if label == card.roi.around)
+        box = roi_box(to_card[labels], around, card.roi.margin_mm, spacing_from_affine(affine))
+        if box is None:
+            raise TrainingDataError(f"visit {key}: no {card.roi.around} in the labels to crop around")
+        arrays = {name: volume[box] for name, volume in arrays.items()}
+        labels, affine = labels[box], crop_affine(affine, box)
+    image, geometry = prepare_input(arrays, affine, card)
+    card_labels = resample_labels(to_card[labels], geometry.resampled_shape)
+    eid, _, instance = key.rpartition("_")
+    return Example(
+        key=key,
+        eid=int(eid),
+        instance=int(instance),
+        image=image.numpy(),
+        target=channel_lookup(card, int(to_card.max()))[card_labels],
+        labels=labels,
+        geometry=geometry,
+        affine=affine,
+    )
 
 
 def split_by_participant(

@@ -259,6 +259,7 @@ def default_card(
     training: Mapping[str, Any] | None = None,
     roi: RegionOfInterest | None = None,
     cascade: Sequence[str] = (),
+    labels: Mapping[int, str] | None = None,
 ) -> ModelCard:
     """The card of a default model: :data:`DEFAULT_INPUTS` windowed by :data:`INPUT_WINDOWS`.
 
@@ -282,13 +283,15 @@ def default_card(
         Where the model runs, for a model of a cascade (the spine model).
     cascade : sequence of str
         Cards of the models that refine this one's labels (the body model's: the spine model's card).
+    labels : mapping of int to str, optional
+        The card's labels, instead of the scheme's (a model trained on a user's label set).
 
     Returns
     -------
     ModelCard
         Format ``"state_dict"``.
     """
-    labels = scheme_labels(scheme)
+    labels = dict(labels) if labels is not None else scheme_labels(scheme)
     if isinstance(architecture, UNetConfig):
         if (architecture.in_channels, architecture.n_classes) != (len(DEFAULT_INPUTS), len(labels)):
             raise ValueError(
@@ -453,6 +456,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     overlap: float = EVALUATION_OVERLAP,
     batch_size: int = EVALUATION_BATCH_SIZE,
+    lookup: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per-class overlap of a model's labels with the truth on the fused grid, as the stage would write them.
 
@@ -473,6 +477,8 @@ def evaluate(
         Patch overlap, 0–1.
     batch_size : int
         Patches per network call.
+    lookup : ndarray, optional
+        Example label id → card id, instead of the scheme's (:func:`class_lookup`).
 
     Returns
     -------
@@ -481,7 +487,7 @@ def evaluate(
     """
     if not examples:
         raise ValueError("no examples to evaluate on")
-    lookup = class_lookup(scheme)
+    lookup = class_lookup(scheme) if lookup is None else lookup
     tables = []
     for example in examples:
         image = torch.from_numpy(np.ascontiguousarray(example.image)).to(device)
@@ -515,22 +521,25 @@ def _check_split(path: Path, split: dict[str, list[str]], resuming: bool) -> Non
 
 
 def train_default_model(
-    cohort_dir: str | Path,
+    cohort_dir: str | Path | None,
     store: str | Path,
     out_dir: str | Path,
     config: DefaultTrainingConfig | None = None,
     *,
     command: str | None = None,
     progress: bool = False,
+    annotations: str | None = None,
 ) -> TrainingResult:
-    """Train the default model on a synthetic cohort's fused visits and write it where the stage reads it.
+    """Train a model on a cohort's fused visits and write it where the stage reads it: on a synthetic
+    cohort's truth (merged into the config's scheme), or on a label set in the store (a user's annotations).
 
     Parameters
     ----------
-    cohort_dir : path-like
-        The synthetic cohort (its ``truth/<eid>_<inst>/maps.zarr`` labels are the targets).
+    cohort_dir : path-like or None
+        The synthetic cohort (its ``truth/<eid>_<inst>/maps.zarr`` labels are the targets); None with
+        ``annotations``.
     store : path-like
-        Its cohort store after fusion (the inputs).
+        The cohort store after fusion (the inputs).
     out_dir : path-like
         Model folder: ``<name>.json`` (card), the weights, ``history.json`` and ``checkpoints/``
         (``last.pt``, ``best.pt``, ``split.json``). Training resumes from ``checkpoints/last.pt``.
@@ -540,6 +549,10 @@ def train_default_model(
         The command line that reproduces the run, recorded in the card.
     progress : bool
         Show a progress bar over epochs.
+    annotations : str, optional
+        Train on the store's ``labels/<annotations>`` (imported with
+        :func:`cohortscale.pipeline.labels.import_labels`) instead: its visits with a labelled voxel, its
+        label ids and names as the card's classes (the network's output channels follow them).
 
     Returns
     -------
@@ -553,7 +566,12 @@ def train_default_model(
         Checkpoints of other settings or other visits in ``out_dir``, or a name unfit for a store array.
     """
     # Here, not at the top: dataset imports this module's label scheme.
-    from cohortscale.models.dataset import split_by_participant, training_examples
+    from cohortscale.models.dataset import (
+        annotated_examples,
+        annotation_labels,
+        split_by_participant,
+        training_examples,
+    )
 
     config = config or DefaultTrainingConfig()
     scheme = SCHEMES[config.scheme]
@@ -565,24 +583,38 @@ def train_default_model(
     out = Path(out_dir)
     checkpoints = out / CHECKPOINT_DIR
     device = torch_device(config.device)
+    labels = lookup = None
+    network = config.model
+    if annotations is not None:
+        labels = annotation_labels(store, annotations)
+        network = dataclasses.replace(network, n_classes=len(labels))
+        lookup = np.zeros(LOOKUP_SIZE, dtype=np.uint8)
+        lookup[list(labels)] = list(labels)
+    elif cohort_dir is None:
+        raise ValueError("give the synthetic cohort's directory, or a label set of the store (annotations)")
     card = default_card(
         config.spacing_mm,
         config.train.patch_size,
-        config.model,
+        network,
         f"{config.name}{WEIGHTS_SUFFIX}",
         config.version,
         name=config.name,
         scheme=scheme,
         roi=config.roi,
+        labels=labels,
     )
 
-    examples = training_examples(cohort_dir, store, card, scheme=scheme)
+    examples = (
+        annotated_examples(store, card, annotations)
+        if annotations is not None
+        else training_examples(cohort_dir, store, card, scheme=scheme)
+    )
     training, validation = split_by_participant(examples, config.validation_fraction, config.train.seed)
     split = {"training": [e.key for e in training], "validation": [e.key for e in validation]}
     _check_split(checkpoints / SPLIT_FILE, split, (checkpoints / LAST_CHECKPOINT).exists())
 
     torch.manual_seed(config.train.seed)  # the initial weights; a resumed run loads its own
-    model = UNet3D(config.model)
+    model = UNet3D(network)
     history = train(
         model,
         [e.pair for e in training],
@@ -598,7 +630,7 @@ def train_default_model(
     best_epoch = int(best["epoch"])
     model.load_state_dict(best["model"])
     model.to(device).eval()
-    table = evaluate(model, validation, card, scheme, device=device)
+    table = evaluate(model, validation, card, scheme, device=device, lookup=lookup)
 
     weights = out / card.weights
     atomic_save(best["model"], weights)
@@ -609,7 +641,7 @@ def train_default_model(
         encoding="utf-8",
     )
     provenance = {
-        "cohort": str(cohort_dir),
+        **({"annotations": annotations} if annotations is not None else {"cohort": str(cohort_dir)}),
         "store": str(store),
         "training_visits": split["training"],
         "validation_visits": split["validation"],
