@@ -312,7 +312,7 @@ def test_printed_command_reproduces_the_settings(tmp_path: Path, monkeypatch: py
     """TOML < options < --set, and the command recorded in the card gives the same settings back."""
     runs: list[tuple[DefaultTrainingConfig, str]] = []
 
-    def record(cohort, store, out, config, *, command=None, progress=False):
+    def record(cohort, store, out, config, *, command=None, progress=False, annotations=None):
         runs.append((config, command))
         raise ValueError("not training here")
 
