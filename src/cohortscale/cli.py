@@ -533,12 +533,12 @@ def train(
     sets: tuple[str, ...],
     **options: object,
 ) -> None:
-    """Train a default model (body or spine) on a synthetic cohort's fused visits (resumable).
+    """Train a model on a synthetic cohort's fused visits, or on a user's annotations (resumable).
 
     Holds out whole participants for validation, writes OUT/<name>.json (card), the best epoch's weights
     and history.json, and prints the validation Dice per class on the fused grid; then
-    cohortscale segment STORE --card OUT/<name>.json runs a body model (list a spine model's card in its
-    card's cascade to refine its vertebral bodies). Settings: name, version, spacing_mm,
+    cohortscale segment STORE --card OUT/<name>.json runs it (--cascade-into puts a spine model in a body
+    model's cascade, to refine its vertebral bodies). Settings: name, version, spacing_mm,
     validation_fraction, device, train.* (e.g. train.learning_rate, train.batch_size) and model.* (e.g.
     model.residual, model.dropout)."""
     from cohortscale.models.default import DefaultTrainingConfig, train_default_model, training_preset
