@@ -66,7 +66,7 @@ def main() -> None:
     rows_of = participant_rows(root)
     # Scored: the labels of the models that run on the cohort's grid (a refining model may skip it).
     spacing = spacing_from_affine(root[f"{FUSED}/affine"][rows_of[keys[0]]])
-    running = [m.card for m in models if m.card.roi is None or m.card.roi.covers(spacing)]
+    running = [m.card for m in models if m.card.runs_on(spacing)]
     names = {i: n for i, n in cascade_labels(running).items() if i not in (0, VERTEBRAL_BODY_ID)}
     names.update({i: LABEL_NAMES[i] for i in VERTEBRA_IDS})
     tables, seconds, failures = [], [], []

@@ -262,6 +262,8 @@ def test_roi_json_round_trip(tmp_path: Path) -> None:
     assert limited.roi.covers((3.0, 2.232, 2.232)) and limited.roi.covers((4.5, 3.375, 3.0))
     assert not limited.roi.covers((6.0, 2.0, 2.0)) and not limited.roi.covers((3.0, 2.0, 3.01))
     assert card.roi.covers((100.0, 100.0, 100.0))
+    assert limited.runs_on((3.0, 2.232, 2.232)) and not limited.runs_on((12.0, 8.9, 8.9))
+    assert ModelCard.from_dict(CARD).runs_on((12.0, 8.9, 8.9))  # no region: runs on any grid
 
 
 def test_cascade_json_round_trip(tmp_path: Path) -> None:

@@ -388,6 +388,11 @@ class ModelCard:
         if PurePosixPath(weights).suffix.lower() not in WEIGHT_SUFFIXES:
             raise ModelCardError(f"weights: {weights!r} should end in one of {list(WEIGHT_SUFFIXES)}")
 
+    def runs_on(self, spacing_mm: Sequence[float]) -> bool:
+        """Whether the model runs on a grid of this spacing (z, y, x), mm: a model of a cascade is skipped
+        on grids coarser than its ``roi.max_spacing_mm``; any other runs everywhere."""
+        return self.roi is None or self.roi.covers(spacing_mm)
+
     @property
     def label_ids(self) -> tuple[int, ...]:
         """The label ids, ascending."""

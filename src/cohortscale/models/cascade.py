@@ -212,7 +212,7 @@ def segment_cascade(
     spacing = spacing_from_affine(affine)
     for card, model in models[1:]:
         assert card.roi is not None  # checked by cascade_labels
-        if not card.roi.covers(spacing):
+        if not card.runs_on(spacing):
             continue
         box = roi_box(labels, id_of[card.roi.around], card.roi.margin_mm, spacing)
         if box is None:

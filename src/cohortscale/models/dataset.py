@@ -239,6 +239,14 @@ def annotation_labels(store: str | Path, name: str) -> dict[int, str]:
     return dict(sorted(names.items()))
 
 
+def identity_lookup(labels: Mapping[int, str]) -> np.ndarray:
+    """Label id → itself for the ids of ``labels``, 0 for any other id (a table like
+    :func:`cohortscale.models.default.class_lookup`, for labels that are already card ids)."""
+    table = np.zeros(LOOKUP_SIZE, dtype=np.uint8)
+    table[list(labels)] = list(labels)
+    return table
+
+
 def annotated_examples(
     store: str | Path, card: ModelCard, name: str, *, visits: Sequence[str] | None = None
 ) -> list[Example]:
@@ -285,8 +293,7 @@ def annotated_examples(
                 raise TrainingDataError(f"visit {key}: its fusion is not done in the store {store}")
     if not keys:
         raise TrainingDataError(f"no fused visit of {store} has a labelled voxel in {path}")
-    identity = np.zeros(LOOKUP_SIZE, dtype=np.uint8)
-    identity[list(card.labels)] = list(card.labels)
+    identity = identity_lookup(card.labels)
     examples = []
     for key in keys:
         arrays, affine = read_fused(root, rows[key], card.inputs)

@@ -134,8 +134,8 @@ DEFAULT_VALIDATION_FRACTION = 0.2
 #: Spine model spacing (z, y, x), mm: the full-scale fused grid's (3, 2.23, 2.23) rounded, on which the
 #: thinnest disc (~4 mm) still covers a slice.
 SPINE_SPACING_MM = (3.0, 2.25, 2.25)
-#: Spine model patch (z, y, x), voxels: 144 mm of the column, and the 90 mm across the region's box
-#: (bodies up to ~50 mm wide and the margin).
+#: Spine model patch (z, y, x), voxels: 144 mm of the column, and 90 mm across, the region's box (lumbar
+#: bodies ~40 mm wide, 18 voxels, in a held-out participant, and the 24 mm margin on each side).
 SPINE_PATCH_SIZE = (48, 40, 40)
 #: Spine model top-level width: half the body model's. Its three classes need fewer features; at width 16
 #: it scored the same on held-out participants (levels 0.929–1.000 against 0.935–1.000) at 4× the
@@ -157,8 +157,8 @@ SPINE_NAME = "spine-unet"
 #: a folder.
 DEFAULT_NAME = "body-unet"
 DEFAULT_VERSION = "0.1.0"
-DEFAULT_WEIGHTS = "weights.pt"
 WEIGHTS_SUFFIX = ".pt"
+DEFAULT_WEIGHTS = f"{DEFAULT_NAME}{WEIGHTS_SUFFIX}"
 #: Devices :class:`DefaultTrainingConfig` accepts (as the segmentation stage's).
 TRAIN_DEVICES = ("auto", "cpu", "gpu")
 #: Folder of the training checkpoints inside the model folder, and the file recording the split there.
@@ -569,6 +569,7 @@ def train_default_model(
     from cohortscale.models.dataset import (
         annotated_examples,
         annotation_labels,
+        identity_lookup,
         split_by_participant,
         training_examples,
     )
@@ -588,8 +589,7 @@ def train_default_model(
     if annotations is not None:
         labels = annotation_labels(store, annotations)
         network = dataclasses.replace(network, n_classes=len(labels))
-        lookup = np.zeros(LOOKUP_SIZE, dtype=np.uint8)
-        lookup[list(labels)] = list(labels)
+        lookup = identity_lookup(labels)
     elif cohort_dir is None:
         raise ValueError("give the synthetic cohort's directory, or a label set of the store (annotations)")
     card = default_card(

@@ -251,14 +251,12 @@ def segment_visit(
     root[path][row] = labels.astype(LABEL_DTYPE, copy=False)
     found = np.unique(labels)
     where = "GPU" if device.type == "cuda" else "CPU"
-    # Every refining card has a region (checked by segment_cascade); it may be too fine for this grid.
-    refining = [(m.card, m.card.roi) for m in models[1:] if m.card.roi is not None]
-    cascade = "".join(f" + {c.name} {c.version}" for c, roi in refining if roi.covers(spacing))
-    for c, roi in refining:
-        if not roi.covers(spacing):
-            notes += (
-                f"; {c.name} skipped (grid {_mm(spacing)} mm, coarser than its {_mm(roi.max_spacing_mm)} mm)"
-            )
+    refining = [m.card for m in models[1:]]
+    cascade = "".join(f" + {c.name} {c.version}" for c in refining if c.runs_on(spacing))
+    for c in refining:
+        if not c.runs_on(spacing) and c.roi is not None and c.roi.max_spacing_mm is not None:
+            limit = _mm(c.roi.max_spacing_mm)
+            notes += f"; {c.name} skipped (grid {_mm(spacing)} mm, coarser than its {limit} mm)"
     message = (
         f"participant {visit.key}: segmented with {card.name} {card.version}{cascade} on {where}; "
         f"{found.size} label ids present{notes}"
@@ -305,9 +303,9 @@ class SegmentationStage:
         return [segment_visit(root, v, models, device, self.config) for v in visits]
 
 
-def _mm(spacing: Sequence[float] | None) -> str:
+def _mm(spacing: Sequence[float]) -> str:
     """A spacing as "3 × 2.23 × 2.23"."""
-    return "any" if spacing is None else " × ".join(f"{s:.3g}" for s in spacing)
+    return " × ".join(f"{s:.3g}" for s in spacing)
 
 
 def _vertebral_body_id(cards: Sequence[ModelCard]) -> int | None:
@@ -373,17 +371,15 @@ def prepare_segmentation(
     """
     from cohortscale.models.card import cascade_paths
     from cohortscale.models.cascade import cached_cascade
-    from cohortscale.models.loading import read_card
     from cohortscale.models.preprocess import FUSED_ARRAYS
 
     card_path = config.card_path().resolve()
     config = dataclasses.replace(config, card=str(card_path))
     root = open_store(store)
-    card = read_card(card_path)
-    for path_of_card in (card_path, *cascade_paths(card_path, card)):
-        check_card_for_store(root, read_card(path_of_card), path_of_card)
     models = cached_cascade(card_path, "cpu")
     card = models[0].card
+    for path_of_card, model in zip((card_path, *cascade_paths(card_path, card)), models, strict=True):
+        check_card_for_store(root, model.card, path_of_card)
     settings = model_settings(models)
 
     path = labels_path(card)
