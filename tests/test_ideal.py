@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from cohortscale.ops.crlb import crlb
-from cohortscale.ops.fatwater import HAMILTON_LIVER_9PEAK, ISMRM_6PEAK, multiecho_signal
-from cohortscale.ops.ideal import FitOptions, Quality, fat_fraction, fit_fatwater, smooth_field_map
+from cohortscale.ops.fatwater import HAMILTON_LIVER_9PEAK, ISMRM_6PEAK, fat_phasor, multiecho_signal
+from cohortscale.ops.ideal import (
+    FitOptions,
+    Quality,
+    amplitudes_for,
+    fat_fraction,
+    fit_fatwater,
+    r2star_prior,
+    smooth_field_map,
+)
 from cohortscale.protocols import UKB_IDEAL_20254, UKB_MULTIECHO_20203
 
 FREQUENCY_HZ = 63.866e6
@@ -53,8 +61,9 @@ def test_noiseless_fit_is_exact(protocol):
     signal = multiecho_signal(
         (1 - pdff) * rotation, pdff * rotation, r2, b0, te, HAMILTON_LIVER_9PEAK, FREQUENCY_HZ
     )
-    # Per-voxel field (no smoothing): smoothing this curved field would bias it by ~1 Hz.
-    exact = FitOptions(iterations=8, field_smoothing_px=0)
+    # Per-voxel field and R2* (no smoothing, no prior): smoothing this curved field would bias it by ~1 Hz,
+    # and the R2* prior of the dimmer, fast-decaying rows would pull them towards their neighbours.
+    exact = FitOptions(iterations=8, field_smoothing_px=0, r2star_prior_gate=0)
     maps = fit_fatwater(signal, te, FREQUENCY_HZ, spectrum=HAMILTON_LIVER_9PEAK, options=exact)
     period = 1 / (te[1] - te[0])
     assert np.abs(maps.pdff - pdff).max() < 1e-4
@@ -85,6 +94,40 @@ def test_field_map_smoothing():
     assert np.allclose(smooth_field_map(ramp, np.ones((1, 12, 12)), None, 0.5)[0, :, 2:-2], ramp[0, :, 2:-2])
 
 
+def test_r2star_prior_for_dim_voxels():
+    """Dim voxels of a three-echo image (no spare degree of freedom) borrow R2*; bright ones keep theirs."""
+    weights = np.array([[[1.0, 0.6, 0.5, 0.25, 0.1]]])
+    r2star = np.array([[[30.0, 30.0, 30.0, 90.0, 400.0]]])
+    mean, precision = r2star_prior(r2star, weights, 2.0, FitOptions(r2star_prior_px=100.0))
+    # A wide neighbourhood: every voxel's mean is the weight-averaged R2* of all five.
+    assert np.allclose(mean, (weights * r2star).sum() / weights.sum())
+    # σ² 2 / (50 s⁻¹)² × (gate 0.5 / weight − 1)
+    assert np.allclose(precision, 2.0 / 50.0**2 * np.array([[[0.0, 0.0, 0.0, 1.0, 4.0]]]))
+
+    te = np.array([2.87e-3, 6.07e-3, 9.27e-3])  # challenge case 17
+    n, pdff, r2 = 32, 0.3, 50.0
+    b0, phase = smooth_field(n)
+    amplitude = np.ones((n, n))
+    amplitude[8:24, 8:24] = 0.08
+    rotation = amplitude * np.exp(1j * phase)
+    signal = multiecho_signal(
+        (1 - pdff) * rotation, pdff * rotation, np.full((n, n), r2), b0, te, ISMRM_6PEAK, FREQUENCY_HZ
+    )
+    rng = np.random.default_rng(5)
+    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 100
+    with_prior = fit_fatwater(signal, te, FREQUENCY_HZ)
+    without = fit_fatwater(signal, te, FREQUENCY_HZ, options=FitOptions(r2star_prior_gate=0))
+    dim = np.s_[10:22, 10:22]
+    error = lambda maps: float(np.median(np.abs(maps.pdff[dim] - pdff)))  # noqa: E731
+    spread = lambda maps: float(np.subtract(*np.percentile(maps.r2star[dim], [75, 25])))  # noqa: E731
+    # Measured: PDFF error 0.065 against 0.080, R2* interquartile range 31 against 108 s⁻¹.
+    assert error(with_prior) < 0.85 * error(without)
+    assert spread(with_prior) < 0.4 * spread(without)
+    far = np.ones((n, n), bool)
+    far[4:28, 4:28] = False
+    assert np.array_equal(with_prior.r2star[far], without.r2star[far])
+
+
 def test_opposite_precession_is_conjugated():
     te = PROTOCOLS["6-echo"]
     signal, _ = uniform_image(te, 0.2, 50.0, 200.0, np.random.default_rng(3), n=8)
@@ -113,7 +156,11 @@ MONTE_CARLO_CELLS = [
     for r2 in (30.0, 100.0, 300.0)
 ]
 PDFF_VALUES = (0.0, 0.05, 0.2, 0.5, 0.8, 1.0)
-STRIPE = (48, 24)  # rows × columns of each PDFF's stripe in a Monte Carlo image
+#: Rows × columns of each PDFF's stripe in a Monte Carlo image: 4,608 voxels put the standard error of a
+#: cell's mean at 1/68 of its SD, well inside the bias limits wherever the SD is near the bound.
+STRIPE = (96, 48)
+#: Separation (noise variances) below which a fast-decay alias is indistinguishable from the truth.
+MIN_DECAY_ALIAS_SEPARATION = 9.0
 
 
 def mosaic_image(te, r2star, snr, rng):
@@ -135,20 +182,33 @@ def mosaic_image(te, r2star, snr, rng):
     return signal + noise / snr, b0
 
 
-def statistics_asserted(protocol: str, snr: float, r2: float) -> bool:
-    """Whether bias and SD are asserted for a cell (swaps are asserted in every cell).
+def decay_alias_separation(te, pdff: float, r2star: float, snr: float) -> float:
+    """How far, in noise variances, the noiseless signal is from its fast-decay alias.
 
-    At R2* 300 s⁻¹ the fit is not yet within the limits everywhere: on the 10-echo protocol SD(R2*)
-    reaches 1.6–1.9× the bound (PDFF 50–80 % at SNR 50, every PDFF at SNR 20, where the R2* bias reaches
-    ~10 s⁻¹ and the PDFF bias 1.5–3.6 points); the estimates' distribution has a heavy tail there (its
-    robust spread is within the bound). Two 6-echo cells miss by sampling-error margins. Those rows are
-    printed, not asserted.
+    With R2* at the fit's upper bound the model keeps only the first echoes, which the free complex water
+    and fat fit exactly; what it cannot fit is the signal of the later echoes. When that is within a few
+    noise variances, the likelihood is nearly flat from the true R2* up to the bound: a share of voxels
+    lands on the alias whatever the estimator (it did with the true field map given), and no per-voxel
+    estimator reaches the Cramér–Rao bound. This happens on the 10-echo protocol at R2* 300 s⁻¹, whose
+    later echoes (to 23.8 ms) hold almost no signal.
     """
-    return r2 <= 100
+    phasor = fat_phasor(te, ISMRM_6PEAK, FREQUENCY_HZ)
+    one = np.ones(1)
+    signal = multiecho_signal(
+        (1 - pdff) * one, pdff * one, r2star * one, 0 * one, te, ISMRM_6PEAK, FREQUENCY_HZ
+    )
+    basis = np.stack([np.ones_like(phasor), phasor], axis=1)
+    _, residual = amplitudes_for(signal.astype(complex), te, basis, 0 * one, FitOptions().r2star_max_s * one)
+    return float(residual[0] ** 2 * snr**2)
 
 
 def test_monte_carlo_against_cramer_rao_bound():
-    """|bias| < 0.5 PDFF points and < 2 s⁻¹, SD within 1.25× the bound, no swaps on a smooth field."""
+    """|bias| < 0.5 PDFF points and < 2 s⁻¹, SD within 1.25× the bound, no swaps on a smooth field.
+
+    Swaps are asserted in every cell; bias and SD wherever the fast-decay alias is separable
+    (:func:`decay_alias_separation` ≥ 9 noise variances, three noise SDs): all cells but the 10-echo
+    protocol's at R2* 300 s⁻¹ at SNR 20 and at PDFF 50–80 % at SNR 50, which are printed.
+    """
     rng = np.random.default_rng(2026)
     rows, failures = [], []
     width = STRIPE[1]
@@ -164,6 +224,7 @@ def test_monte_carlo_against_cramer_rao_bound():
             estimate = fat_fraction(maps.water[stripe], maps.fat[stripe], clip=False)
             r2star = maps.r2star[stripe]
             bound = crlb(te, FREQUENCY_HZ, ISMRM_6PEAK, pdff, r2, snr=snr, model="complex")
+            separation = decay_alias_separation(te, pdff, r2, snr)
             field_error = wrapped_error(maps.b0[stripe], b0[stripe], period)
             swaps = float(np.mean(np.abs(field_error) > alias_hz / 2))
             row = {
@@ -178,14 +239,14 @@ def test_monte_carlo_against_cramer_rao_bound():
                 and row["sd_ratio"] < 1.25
                 and row["r2_sd_ratio"] < 1.25
             )
-            checked = statistics_asserted(protocol, snr, r2)
+            checked = separation >= MIN_DECAY_ALIAS_SEPARATION
             failed = (checked and not statistics_ok) or swaps > 0
             verdict = "FAIL" if failed else "ok" if statistics_ok and swaps == 0 else "not asserted"
             rows.append(
                 f"{protocol:>7} SNR {snr:3.0f} R2* {r2:4.0f} PDFF {100 * pdff:5.1f}%  "
                 f"bias {row['bias_pp']:+6.2f} pp  SD/CRLB {row['sd_ratio']:5.2f}  "
                 f"R2* bias {row['r2_bias']:+7.2f} s⁻¹  SD/CRLB {row['r2_sd_ratio']:5.2f}  "
-                f"swaps {swaps:5.3f}  {verdict}"
+                f"swaps {swaps:5.3f}  alias {separation:7.1f}  {verdict}"
             )
             if failed:
                 failures.append(rows[-1])

@@ -10,10 +10,13 @@ The fit, for all voxels at once:
    (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host);
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
-4. signal-weighted in-plane smoothing of the field map (:func:`smooth_field_map`), then water and fat for
+4. for dim voxels, Gauss–Newton again with a prior on R2* centred on the bright neighbours' R2*
+   (:func:`r2star_prior`): where the signal is weak, few echoes cannot pin R2* (with three echoes the fit
+   is exact for any of a continuum of R2*), and a wrong R2* moves water into fat;
+5. signal-weighted in-plane smoothing of the field map (:func:`smooth_field_map`), then water and fat for
    the smoothed field: the field is physically smooth, and its per-voxel noise is part of what makes water
    and fat noisy with few echoes;
-5. PDFF with magnitude discrimination, iron from R2*, the relative residual and quality flags.
+6. PDFF with magnitude discrimination, iron from R2*, the relative residual and quality flags.
 
 Runs on NumPy or CuPy arrays (the backend of ``signal``); both give the same maps within float32
 round-off.
@@ -50,6 +53,11 @@ R2STAR_GRID_S = (
     850.0,
     1100.0,
 )
+
+
+#: Share of the prior gate below which a voxel's weight counts as that share: caps the R2* prior precision
+#: of voxels without signal at 10⁶ times that of a voxel at half the gate.
+MIN_PRIOR_WEIGHT_SHARE = 1e-6
 
 
 class Quality(enum.IntFlag):
@@ -122,6 +130,15 @@ class FitOptions:
     field_smoothing_px : float
         Gaussian σ (pixels) of the signal-weighted smoothing of the fitted field map, after which water and
         fat are fitted again (0: none).
+    r2star_prior_gate : float
+        Smoothness weight (signal norm over the bright level, 0–1) below which a voxel's R2* gets a Gaussian
+        prior from its neighbours; its precision grows as ``gate / weight − 1`` (0 turns the prior off).
+        Bright tissue is left to its own data.
+    r2star_prior_sd_s : float
+        SD of that prior at ``weight = gate / 2``, s⁻¹: how far a voxel's R2* may plausibly be from the
+        weighted mean of its neighbourhood.
+    r2star_prior_px : float
+        Gaussian σ (pixels) of the weighted neighbourhood whose mean R2* is the prior's centre.
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
     r2star_max_s : float
@@ -143,6 +160,9 @@ class FitOptions:
     region_rounds: int = 20
     region_min_weight: float = 0.3
     field_smoothing_px: float = 0.5
+    r2star_prior_gate: float = 0.5
+    r2star_prior_sd_s: float = 50.0
+    r2star_prior_px: float = 1.0
     iterations: int = 3
     r2star_max_s: float = 1500.0
     low_signal_fraction: float = 0.05
@@ -224,7 +244,37 @@ def _project_out(vectors, design):
     return vectors - xp.einsum("vnm,vm->vn", design, _least_squares(design, vectors))
 
 
-def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz: float, options: FitOptions):
+def _gauss_newton_terms(signal, te, basis, field_hz, r2star_s):
+    """Normal-equation terms of (ψ, R2*) per voxel: ``(j11, j22, j12, g1, g2)``, JᵀJ and Jᵀr.
+
+    The Jacobian is Kaufman's approximation of the variable-projection one, ``J_k = −P⊥ (∂A/∂θ_k) x̂``,
+    with the complex water and fat ``x̂`` projected out; ``te`` is a float64 array of the backend.
+    """
+    xp = array_module(signal)
+    design = _design(te, basis, field_hz, r2star_s)
+    model = xp.einsum("vnm,vm->vn", design, _least_squares(design, signal))
+    residual = signal - model
+    jac_field = -_project_out(2j * xp.pi * te * model, design)
+    jac_r2 = -_project_out(-te * model, design)
+    return (
+        (xp.abs(jac_field) ** 2).sum(axis=1),
+        (xp.abs(jac_r2) ** 2).sum(axis=1),
+        (jac_field.conj() * jac_r2).real.sum(axis=1),
+        (jac_field.conj() * residual).real.sum(axis=1),
+        (jac_r2.conj() * residual).real.sum(axis=1),
+    )
+
+
+def refine(
+    signal,
+    echo_times_s,
+    basis,
+    field_hz,
+    r2star_s,
+    max_field_update_hz: float,
+    options: FitOptions,
+    r2star_prior=None,
+):
     """Variable-projection Gauss–Newton on (ψ, R2*) for every voxel at once.
 
     Parameters
@@ -237,6 +287,9 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz:
         Largest ψ change from the start, Hz: one label step keeps each voxel on the alias that the spatial
         aggregation chose.
     options : FitOptions
+    r2star_prior : tuple of (V,) arrays, optional
+        ``(mean, precision)`` of a Gaussian prior on R2*: the cost becomes ‖s − model‖² +
+        precision·(R2* − mean)², precision in signal² s² (:func:`r2star_prior`).
 
     Returns
     -------
@@ -247,20 +300,12 @@ def refine(signal, echo_times_s, basis, field_hz, r2star_s, max_field_update_hz:
     xp = array_module(signal)
     te = xp.asarray(echo_times_s, dtype=xp.float64)
     start = field_hz
-    two_pi_i_t = 2j * xp.pi * te
     for _ in range(options.iterations):
-        design = _design(te, basis, field_hz, r2star_s)
-        amplitudes = _least_squares(design, signal)
-        model = xp.einsum("vnm,vm->vn", design, amplitudes)
-        residual = signal - model
-        # Kaufman's approximation of the VARPRO Jacobian: J_k = −P⊥ (∂A/∂θ_k) x̂.
-        jac_field = -_project_out(two_pi_i_t * model, design)
-        jac_r2 = -_project_out(-te * model, design)
-        j11 = (xp.abs(jac_field) ** 2).sum(axis=1)
-        j22 = (xp.abs(jac_r2) ** 2).sum(axis=1)
-        j12 = (jac_field.conj() * jac_r2).real.sum(axis=1)
-        g1 = (jac_field.conj() * residual).real.sum(axis=1)
-        g2 = (jac_r2.conj() * residual).real.sum(axis=1)
+        j11, j22, j12, g1, g2 = _gauss_newton_terms(signal, te, basis, field_hz, r2star_s)
+        if r2star_prior is not None:
+            mean, precision = r2star_prior
+            j22 = j22 + precision
+            g2 = g2 + precision * (r2star_s - mean)
         det = j11 * j22 - j12**2
         det = xp.where(det > 0, det, xp.inf)
         stepped = field_hz - (j22 * g1 - j12 * g2) / det
@@ -288,6 +333,43 @@ def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     return amplitudes, residual
 
 
+def weighted_blur(values, weights, sigma_px: float):
+    """Weighted Gaussian mean over each plane, ``G*(w·v) / G*(w)``; ``values`` shaped (planes, y, x)."""
+    xp = array_module(values)
+    ndimage = ndimage_module(xp)
+    blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma_px, sigma_px))  # noqa: E731
+    return blur(weights * values) / xp.maximum(blur(weights), xp.finfo(xp.float64).tiny)
+
+
+def r2star_prior(r2star_s, weights, noise_variance: float, options: FitOptions):
+    """Gaussian prior on R2* (mean, precision) for voxels dimmer than ``options.r2star_prior_gate``.
+
+    The mean is the weight-averaged R2* of the neighbourhood (bright neighbours count most). The precision,
+    in the units of the fit's cost ‖s − model‖², is ``σ² / sd² × max(gate / weight − 1, 0)``: nothing for
+    tissue at least ``gate`` as bright as the bright level, and rising as the voxel's own information (∝
+    weight²) falls. σ² is the noise variance the cost volume is scaled by (from the best residuals of
+    its grid; with three echoes, which leave no degree of freedom, the grid's misfit stands in for it).
+
+    Parameters
+    ----------
+    r2star_s, weights : ndarray, shape (planes, y, x)
+        Per-voxel R2* (s⁻¹) and smoothness weights (0–1).
+    noise_variance : float
+        σ² per real channel, signal units squared.
+    options : FitOptions
+
+    Returns
+    -------
+    mean, precision : ndarray, shape (planes, y, x)
+    """
+    xp = array_module(r2star_s)
+    mean = weighted_blur(r2star_s, weights, options.r2star_prior_px)
+    # Voxels without signal take the mean; capping their weight's floor keeps the precision finite.
+    floor = options.r2star_prior_gate * MIN_PRIOR_WEIGHT_SHARE
+    excess = xp.maximum(options.r2star_prior_gate / xp.maximum(weights, floor) - 1, 0)
+    return mean, noise_variance / options.r2star_prior_sd_s**2 * excess
+
+
 def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float):
     """Signal-weighted Gaussian smoothing of the field map over each plane: ``G*(w·ψ) / G*(w)``.
 
@@ -312,17 +394,15 @@ def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float
     ndarray, shape (planes, y, x)
     """
     xp = array_module(field_hz)
-    ndimage = ndimage_module(xp)
-
-    def weighted_mean(values):
-        blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma_px, sigma_px))  # noqa: E731
-        return blur(weights * values) / xp.maximum(blur(weights), xp.finfo(xp.float64).tiny)
-
     if not period_hz:
-        return weighted_mean(field_hz)
+        return weighted_blur(field_hz, weights, sigma_px)
     cycles = 2 * xp.pi * field_hz / period_hz
     smoothed = (
-        xp.arctan2(weighted_mean(xp.sin(cycles)), weighted_mean(xp.cos(cycles))) * period_hz / (2 * xp.pi)
+        xp.arctan2(
+            weighted_blur(xp.sin(cycles), weights, sigma_px), weighted_blur(xp.cos(cycles), weights, sigma_px)
+        )
+        * period_hz
+        / (2 * xp.pi)
     )
     return smoothed + period_hz * xp.round((field_hz - smoothed) / period_hz)
 
@@ -443,6 +523,12 @@ def fit_fatwater(
     basis = xp.stack([xp.ones_like(phasor), phasor], axis=1)
     flat = flat.astype(xp.complex128)
     field, r2star, amplitudes, residual = refine(flat, te, basis, field0, r2_0, grid.step_hz, options)
+    if options.r2star_prior_gate > 0:
+        mean, precision = r2star_prior(r2star.reshape(weights.shape), weights, sigma2, options)
+        prior = (mean.reshape(-1), precision.reshape(-1))
+        field, r2star, amplitudes, residual = refine(
+            flat, te, basis, field, r2star, grid.step_hz, options, prior
+        )
     if options.field_smoothing_px > 0:
         field = smooth_field_map(
             field.reshape(planes.shape[:-1]),
