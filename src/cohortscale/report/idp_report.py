@@ -40,7 +40,7 @@ def idp_figure(table: pd.DataFrame, truth: pd.DataFrame, figure: Path) -> None:
     columns = 3
     rows = -(-len(names) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
-    joined = table.join(truth[names], rsuffix="_truth", how="inner")
+    joined = table.join(truth[names].add_suffix("_truth"), how="inner")
     for ax, name in zip(axes.flat, names, strict=False):
         x, y = joined[f"{name}_truth"].to_numpy(float), joined[name].to_numpy(float)
         ax.scatter(x, y, s=18)
