@@ -13,6 +13,7 @@ from cohortscale.ops.ideal import (
     amplitudes_for,
     fat_fraction,
     fit_fatwater,
+    neighbourhood_r2star,
     r2star_prior,
     smooth_field_map,
 )
@@ -94,16 +95,24 @@ def test_field_map_smoothing():
     assert np.allclose(smooth_field_map(ramp, np.ones((1, 12, 12)), None, 0.5)[0, :, 2:-2], ramp[0, :, 2:-2])
 
 
+def test_r2star_prior_weights():
+    r2star = np.array([[[30.0, 30.0, 30.0, 90.0, 1500.0]]])
+    # Medians of five neighbours, the row mirrored at its ends: the voxel at the bound gets 90 s⁻¹ (30, 90,
+    # 1500, 1500, 90), not its own 1500.
+    centre = neighbourhood_r2star(r2star, 5)
+    assert np.allclose(centre, [[[30.0, 30.0, 30.0, 90.0, 90.0]]])
+    share = np.array([[[1.0, 0.6, 0.3, 0.15, 0.06]]])
+    prior = r2star_prior(centre, share, 2.0, FitOptions())
+    assert np.allclose(prior.log_centre, np.log(centre + 10.0))
+    assert prior.offset_s == 10.0
+    # σ² 2 / 0.5² × (gate 0.3 / share − 1)
+    assert np.allclose(prior.precision, 2.0 / 0.5**2 * np.array([[[0.0, 0.0, 0.0, 1.0, 4.0]]]))
+    # No signal: a finite precision that pins the voxel to its centre.
+    assert np.isfinite(r2star_prior(centre, 0 * share, 2.0, FitOptions()).precision).all()
+
+
 def test_r2star_prior_for_dim_voxels():
     """Dim voxels of a three-echo image (no spare degree of freedom) borrow R2*; bright ones keep theirs."""
-    weights = np.array([[[1.0, 0.6, 0.5, 0.25, 0.1]]])
-    r2star = np.array([[[30.0, 30.0, 30.0, 90.0, 400.0]]])
-    mean, precision = r2star_prior(r2star, weights, 2.0, FitOptions(r2star_prior_px=100.0))
-    # A wide neighbourhood: every voxel's mean is the weight-averaged R2* of all five.
-    assert np.allclose(mean, (weights * r2star).sum() / weights.sum())
-    # σ² 2 / (50 s⁻¹)² × (gate 0.5 / weight − 1)
-    assert np.allclose(precision, 2.0 / 50.0**2 * np.array([[[0.0, 0.0, 0.0, 1.0, 4.0]]]))
-
     te = np.array([2.87e-3, 6.07e-3, 9.27e-3])  # challenge case 17
     n, pdff, r2 = 32, 0.3, 50.0
     b0, phase = smooth_field(n)
@@ -120,12 +129,30 @@ def test_r2star_prior_for_dim_voxels():
     dim = np.s_[10:22, 10:22]
     error = lambda maps: float(np.median(np.abs(maps.pdff[dim] - pdff)))  # noqa: E731
     spread = lambda maps: float(np.subtract(*np.percentile(maps.r2star[dim], [75, 25])))  # noqa: E731
-    # Measured: PDFF error 0.065 against 0.080, R2* interquartile range 31 against 108 s⁻¹.
+    # Measured: PDFF error 0.066 against 0.080, R2* interquartile range 46 against 108 s⁻¹.
     assert error(with_prior) < 0.85 * error(without)
-    assert spread(with_prior) < 0.4 * spread(without)
+    assert spread(with_prior) < 0.5 * spread(without)
     far = np.ones((n, n), bool)
     far[4:28, 4:28] = False
     assert np.array_equal(with_prior.r2star[far], without.r2star[far])
+
+
+def test_r2star_prior_keeps_fast_decay_tissue():
+    """Tissue dark from fast decay (iron) is not dim in its first echo: its R2* is left to its data."""
+    te = PROTOCOLS["10-echo"]
+    n, pdff, snr = 32, 0.1, 20.0
+    b0, phase = smooth_field(n)
+    r2star = np.where(np.arange(n) < n // 2, 50.0, 300.0)[None, :].repeat(n, axis=0)
+    rotation = np.exp(1j * phase)
+    signal = multiecho_signal(
+        (1 - pdff) * rotation, pdff * rotation, r2star, b0, te, ISMRM_6PEAK, FREQUENCY_HZ
+    )
+    rng = np.random.default_rng(1)
+    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / snr
+    maps = fit_fatwater(signal, te, FREQUENCY_HZ)
+    # The three columns of R2* 300 s⁻¹ next to the step: measured 298 s⁻¹ on average, as without the prior
+    # (a prior gated on the signal norm, which fast decay lowers, pulled them to 254 s⁻¹).
+    assert np.mean(maps.r2star[4:-4, n // 2 : n // 2 + 3]) == pytest.approx(300.0, abs=15.0)
 
 
 def test_opposite_precession_is_conjugated():

@@ -10,9 +10,9 @@ The fit, for all voxels at once:
    (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host);
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
-4. for dim voxels, Gauss–Newton again with a prior on R2* centred on the bright neighbours' R2*
-   (:func:`r2star_prior`): where the signal is weak, few echoes cannot pin R2* (with three echoes the fit
-   is exact for any of a continuum of R2*), and a wrong R2* moves water into fat;
+4. for voxels with little proton signal, Gauss–Newton again with a prior on R2* centred on their
+   neighbourhood's (:func:`r2star_prior`): where the signal is weak, few echoes cannot pin R2* (with three
+   echoes the fit is exact for any of a continuum of R2*), and a wrong R2* moves water into fat;
 5. signal-weighted in-plane smoothing of the field map (:func:`smooth_field_map`), then water and fat for
    the smoothed field: the field is physically smooth, and its per-voxel noise is part of what makes water
    and fat noisy with few echoes;
@@ -55,9 +55,35 @@ R2STAR_GRID_S = (
 )
 
 
-#: Share of the prior gate below which a voxel's weight counts as that share: caps the R2* prior precision
-#: of voxels without signal at 10⁶ times that of a voxel at half the gate.
-MIN_PRIOR_WEIGHT_SHARE = 1e-6
+#: Share of the prior gate below which a voxel's proton density counts as that share: caps the R2* prior
+#: precision of voxels without signal at about 10⁶ times that of a voxel at half the gate.
+MIN_PRIOR_DENSITY_SHARE = 1e-6
+
+
+@dataclass(frozen=True)
+class R2starPrior:
+    """A Gaussian prior on ``log(R2* + offset_s)`` per voxel (:func:`r2star_prior`).
+
+    Attributes
+    ----------
+    log_centre : ndarray
+        Its mean, log(s⁻¹).
+    precision : ndarray
+        Its precision in the units of the fit's cost ‖s − model‖²: the cost becomes ‖s − model‖² +
+        precision·(log(R2* + offset_s) − log_centre)².
+    offset_s : float
+        Offset added to R2*, s⁻¹.
+    """
+
+    log_centre: np.ndarray
+    precision: np.ndarray
+    offset_s: float
+
+    def subset(self, index) -> R2starPrior:
+        """The prior of the voxels ``index`` of flat arrays."""
+        return R2starPrior(
+            self.log_centre.reshape(-1)[index], self.precision.reshape(-1)[index], self.offset_s
+        )
 
 
 class Quality(enum.IntFlag):
@@ -131,14 +157,16 @@ class FitOptions:
         Gaussian σ (pixels) of the signal-weighted smoothing of the fitted field map, after which water and
         fat are fitted again (0: none).
     r2star_prior_gate : float
-        Smoothness weight (signal norm over the bright level, 0–1) below which a voxel's R2* gets a Gaussian
-        prior from its neighbours; its precision grows as ``gate / weight − 1`` (0 turns the prior off).
-        Bright tissue is left to its own data.
-    r2star_prior_sd_s : float
-        SD of that prior at ``weight = gate / 2``, s⁻¹: how far a voxel's R2* may plausibly be from the
-        weighted mean of its neighbourhood.
-    r2star_prior_px : float
-        Gaussian σ (pixels) of the weighted neighbourhood whose mean R2* is the prior's centre.
+        Proton density |W| + |F|, as a share of the bright level (``bright_percentile``), below which a
+        voxel's R2* gets a prior from its neighbourhood; the prior's precision grows as ``gate / share − 1``
+        (0 turns the prior off). Tissue as dense as that is left to its own data, however fast it decays.
+    r2star_prior_log_sd : float
+        SD of that prior on ``log(R2* + r2star_prior_offset_s)`` at ``share = gate / 2`` (0.5: a factor of
+        1.6 either way).
+    r2star_prior_offset_s : float
+        Offset (s⁻¹) added to R2* under the logarithm, so that the prior stays finite at R2* = 0.
+    r2star_prior_window_px : int
+        Side (pixels) of the in-plane neighbourhood whose median R2* is the prior's centre.
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
     r2star_max_s : float
@@ -160,9 +188,10 @@ class FitOptions:
     region_rounds: int = 20
     region_min_weight: float = 0.3
     field_smoothing_px: float = 0.5
-    r2star_prior_gate: float = 0.5
-    r2star_prior_sd_s: float = 50.0
-    r2star_prior_px: float = 1.0
+    r2star_prior_gate: float = 0.3
+    r2star_prior_log_sd: float = 0.5
+    r2star_prior_offset_s: float = 10.0
+    r2star_prior_window_px: int = 3
     iterations: int = 3
     r2star_max_s: float = 1500.0
     low_signal_fraction: float = 0.05
@@ -273,7 +302,7 @@ def refine(
     r2star_s,
     max_field_update_hz: float,
     options: FitOptions,
-    r2star_prior=None,
+    r2star_prior: R2starPrior | None = None,
 ):
     """Variable-projection Gauss–Newton on (ψ, R2*) for every voxel at once.
 
@@ -287,9 +316,8 @@ def refine(
         Largest ψ change from the start, Hz: one label step keeps each voxel on the alias that the spatial
         aggregation chose.
     options : FitOptions
-    r2star_prior : tuple of (V,) arrays, optional
-        ``(mean, precision)`` of a Gaussian prior on R2*: the cost becomes ‖s − model‖² +
-        precision·(R2* − mean)², precision in signal² s² (:func:`r2star_prior`).
+    r2star_prior : R2starPrior, optional
+        A prior on R2* over the V voxels (:func:`r2star_prior`), added to the cost.
 
     Returns
     -------
@@ -303,9 +331,9 @@ def refine(
     for _ in range(options.iterations):
         j11, j22, j12, g1, g2 = _gauss_newton_terms(signal, te, basis, field_hz, r2star_s)
         if r2star_prior is not None:
-            mean, precision = r2star_prior
-            j22 = j22 + precision
-            g2 = g2 + precision * (r2star_s - mean)
+            shifted = r2star_s + r2star_prior.offset_s
+            j22 = j22 + r2star_prior.precision / shifted**2
+            g2 = g2 + r2star_prior.precision * (xp.log(shifted) - r2star_prior.log_centre) / shifted
         det = j11 * j22 - j12**2
         det = xp.where(det > 0, det, xp.inf)
         stepped = field_hz - (j22 * g1 - j12 * g2) / det
@@ -333,7 +361,7 @@ def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     return amplitudes, residual
 
 
-def weighted_blur(values, weights, sigma_px: float):
+def _weighted_blur(values, weights, sigma_px: float):
     """Weighted Gaussian mean over each plane, ``G*(w·v) / G*(w)``; ``values`` shaped (planes, y, x)."""
     xp = array_module(values)
     ndimage = ndimage_module(xp)
@@ -341,33 +369,49 @@ def weighted_blur(values, weights, sigma_px: float):
     return blur(weights * values) / xp.maximum(blur(weights), xp.finfo(xp.float64).tiny)
 
 
-def r2star_prior(r2star_s, weights, noise_variance: float, options: FitOptions):
-    """Gaussian prior on R2* (mean, precision) for voxels dimmer than ``options.r2star_prior_gate``.
+def neighbourhood_r2star(r2star_s, window_px: int):
+    """Median R2* (s⁻¹) of each voxel's in-plane ``window_px × window_px`` neighbourhood.
 
-    The mean is the weight-averaged R2* of the neighbourhood (bright neighbours count most). The precision,
-    in the units of the fit's cost ‖s − model‖², is ``σ² / sd² × max(gate / weight − 1, 0)``: nothing for
-    tissue at least ``gate`` as bright as the bright level, and rising as the voxel's own information (∝
-    weight²) falls. σ² is the noise variance the cost volume is scaled by (from the best residuals of
-    its grid; with three echoes, which leave no degree of freedom, the grid's misfit stands in for it).
+    A median, because a dim voxel's own estimate is skewed, with a tail up to the R2* bound that a mean
+    would follow. ``r2star_s`` is shaped (planes, y, x).
+    """
+    xp = array_module(r2star_s)
+    return ndimage_module(xp).median_filter(r2star_s, size=(1, window_px, window_px))
+
+
+def r2star_prior(centre_s, density_share, noise_variance: float, options: FitOptions) -> R2starPrior:
+    """Prior on R2* where the proton density is under ``options.r2star_prior_gate`` of the bright level.
+
+    Centred on ``centre_s`` (:func:`neighbourhood_r2star`), with precision
+    ``σ² / log_sd² × max(gate / share − 1, 0)`` on ``log(R2* + offset)``: nothing for voxels at least
+    ``gate`` as dense as the bright level, and rising as the voxel's own information (∝ share²) falls.
+    σ² is the noise variance the cost volume is scaled by (from the best residuals of its grid; with three
+    echoes, which leave no degree of freedom, the grid's misfit stands in for it).
 
     Parameters
     ----------
-    r2star_s, weights : ndarray, shape (planes, y, x)
-        Per-voxel R2* (s⁻¹) and smoothness weights (0–1).
+    centre_s : ndarray, shape (planes, y, x)
+        The prior's centre per voxel, s⁻¹.
+    density_share : ndarray, shape (planes, y, x)
+        Proton density |W| + |F| over the bright level, clipped to 0–1. Estimated at ``centre_s``: the
+        signal norm, or the first echo at an opposed-phase echo time, would also fall with fast decay or
+        with water and fat cancelling, and put a prior on tissue whose own data pin its R2*.
     noise_variance : float
         σ² per real channel, signal units squared.
     options : FitOptions
 
     Returns
     -------
-    mean, precision : ndarray, shape (planes, y, x)
+    R2starPrior
+        Arrays shaped like ``centre_s``.
     """
-    xp = array_module(r2star_s)
-    mean = weighted_blur(r2star_s, weights, options.r2star_prior_px)
-    # Voxels without signal take the mean; capping their weight's floor keeps the precision finite.
-    floor = options.r2star_prior_gate * MIN_PRIOR_WEIGHT_SHARE
-    excess = xp.maximum(options.r2star_prior_gate / xp.maximum(weights, floor) - 1, 0)
-    return mean, noise_variance / options.r2star_prior_sd_s**2 * excess
+    xp = array_module(centre_s)
+    offset = options.r2star_prior_offset_s
+    # Voxels without signal take the centre; a floor on their share keeps the precision finite.
+    floor = options.r2star_prior_gate * MIN_PRIOR_DENSITY_SHARE
+    excess = xp.maximum(options.r2star_prior_gate / xp.maximum(density_share, floor) - 1, 0)
+    precision = noise_variance / options.r2star_prior_log_sd**2 * excess
+    return R2starPrior(xp.log(centre_s + offset), precision, offset)
 
 
 def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float):
@@ -395,11 +439,12 @@ def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float
     """
     xp = array_module(field_hz)
     if not period_hz:
-        return weighted_blur(field_hz, weights, sigma_px)
+        return _weighted_blur(field_hz, weights, sigma_px)
     cycles = 2 * xp.pi * field_hz / period_hz
     smoothed = (
         xp.arctan2(
-            weighted_blur(xp.sin(cycles), weights, sigma_px), weighted_blur(xp.cos(cycles), weights, sigma_px)
+            _weighted_blur(xp.sin(cycles), weights, sigma_px),
+            _weighted_blur(xp.cos(cycles), weights, sigma_px),
         )
         * period_hz
         / (2 * xp.pi)
@@ -524,11 +569,18 @@ def fit_fatwater(
     flat = flat.astype(xp.complex128)
     field, r2star, amplitudes, residual = refine(flat, te, basis, field0, r2_0, grid.step_hz, options)
     if options.r2star_prior_gate > 0:
-        mean, precision = r2star_prior(r2star.reshape(weights.shape), weights, sigma2, options)
-        prior = (mean.reshape(-1), precision.reshape(-1))
-        field, r2star, amplitudes, residual = refine(
-            flat, te, basis, field, r2star, grid.step_hz, options, prior
+        centre = neighbourhood_r2star(r2star.reshape(weights.shape), options.r2star_prior_window_px)
+        at_centre, _ = amplitudes_for(flat, te, basis, field, centre.reshape(-1))
+        density = xp.abs(at_centre).sum(axis=1)
+        share = xp.clip(density / float(xp.percentile(density, options.bright_percentile)), 0, 1)
+        prior = r2star_prior(centre, share.reshape(weights.shape), sigma2, options)
+        # Only voxels under the gate have a prior; the others keep their converged fit.
+        dim = xp.flatnonzero(prior.precision.reshape(-1) > 0)
+        refined = refine(
+            flat[dim], te, basis, field[dim], r2star[dim], grid.step_hz, options, prior.subset(dim)
         )
+        for whole, part in zip((field, r2star, amplitudes, residual), refined, strict=True):
+            whole[dim] = part
     if options.field_smoothing_px > 0:
         field = smooth_field_map(
             field.reshape(planes.shape[:-1]),
