@@ -25,6 +25,7 @@ PROTOCOLS = {
     "10-echo": np.asarray(UKB_MULTIECHO_20203.echo_times_s),
 }
 B0_PEAK_HZ = 200.0
+NO_PRIOR = FitOptions(r2star_prior_gate=0)
 
 
 def smooth_field(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +63,8 @@ def test_noiseless_fit_is_exact(protocol):
     signal = multiecho_signal(
         (1 - pdff) * rotation, pdff * rotation, r2, b0, te, HAMILTON_LIVER_9PEAK, FREQUENCY_HZ
     )
-    # Per-voxel field and R2* (no smoothing, no prior): smoothing this curved field would bias it by ~1 Hz,
-    # and the R2* prior of the dimmer, fast-decaying rows would pull them towards their neighbours.
-    exact = FitOptions(iterations=8, field_smoothing_px=0, r2star_prior_gate=0)
+    # Per-voxel field (no smoothing): smoothing this curved field would bias it by ~1 Hz.
+    exact = FitOptions(iterations=8, field_smoothing_px=0)
     maps = fit_fatwater(signal, te, FREQUENCY_HZ, spectrum=HAMILTON_LIVER_9PEAK, options=exact)
     period = 1 / (te[1] - te[0])
     assert np.abs(maps.pdff - pdff).max() < 1e-4
@@ -95,7 +95,7 @@ def test_field_map_smoothing():
     assert np.allclose(smooth_field_map(ramp, np.ones((1, 12, 12)), None, 0.5)[0, :, 2:-2], ramp[0, :, 2:-2])
 
 
-def test_r2star_prior_weights():
+def test_r2star_prior_kernels():
     r2star = np.array([[[30.0, 30.0, 30.0, 90.0, 1500.0]]])
     # Medians of five neighbours, the row mirrored at its ends: the voxel at the bound gets 90 s⁻¹ (30, 90,
     # 1500, 1500, 90), not its own 1500.
@@ -107,8 +107,11 @@ def test_r2star_prior_weights():
     assert prior.offset_s == 10.0
     # σ² 2 / 0.5² × (gate 0.3 / share − 1)
     assert np.allclose(prior.precision, 2.0 / 0.5**2 * np.array([[[0.0, 0.0, 0.0, 1.0, 4.0]]]))
-    # No signal: a finite precision that pins the voxel to its centre.
-    assert np.isfinite(r2star_prior(centre, 0 * share, 2.0, FitOptions()).precision).all()
+    # No signal: the share's floor (10⁻⁶ of the gate) keeps the precision finite.
+    no_signal = r2star_prior(centre, 0 * share, 2.0, FitOptions()).precision
+    assert np.allclose(no_signal, 2.0 / 0.5**2 * (1e6 - 1))
+    with pytest.raises(ValueError, match="r2star_prior_log_sd"):
+        FitOptions(r2star_prior_log_sd=0)
 
 
 def test_r2star_prior_for_dim_voxels():
@@ -125,20 +128,22 @@ def test_r2star_prior_for_dim_voxels():
     rng = np.random.default_rng(5)
     signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 100
     with_prior = fit_fatwater(signal, te, FREQUENCY_HZ)
-    without = fit_fatwater(signal, te, FREQUENCY_HZ, options=FitOptions(r2star_prior_gate=0))
+    without = fit_fatwater(signal, te, FREQUENCY_HZ, options=NO_PRIOR)
     dim = np.s_[10:22, 10:22]
     error = lambda maps: float(np.median(np.abs(maps.pdff[dim] - pdff)))  # noqa: E731
     spread = lambda maps: float(np.subtract(*np.percentile(maps.r2star[dim], [75, 25])))  # noqa: E731
-    # Measured: PDFF error 0.066 against 0.080, R2* interquartile range 46 against 108 s⁻¹.
-    assert error(with_prior) < 0.85 * error(without)
-    assert spread(with_prior) < 0.5 * spread(without)
+    # Measured: R2* interquartile range 45 against 108 s⁻¹ (0.33–0.45 of it over noise seeds 5–10), median
+    # R2* 52 s⁻¹ (44–52), PDFF error 0.072 against 0.080 (0.86–0.98 of it).
+    assert spread(with_prior) < 0.6 * spread(without)
+    assert np.median(with_prior.r2star[dim]) == pytest.approx(r2, abs=10.0)
+    assert error(with_prior) < error(without)
     far = np.ones((n, n), bool)
     far[4:28, 4:28] = False
     assert np.array_equal(with_prior.r2star[far], without.r2star[far])
 
 
 def test_r2star_prior_keeps_fast_decay_tissue():
-    """Tissue dark from fast decay (iron) is not dim in its first echo: its R2* is left to its data."""
+    """Tissue dark from fast decay (iron) has its full proton density: no prior, its R2* left to its data."""
     te = PROTOCOLS["10-echo"]
     n, pdff, snr = 32, 0.1, 20.0
     b0, phase = smooth_field(n)
@@ -150,8 +155,9 @@ def test_r2star_prior_keeps_fast_decay_tissue():
     rng = np.random.default_rng(1)
     signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / snr
     maps = fit_fatwater(signal, te, FREQUENCY_HZ)
-    # The three columns of R2* 300 s⁻¹ next to the step: measured 298 s⁻¹ on average, as without the prior
-    # (a prior gated on the signal norm, which fast decay lowers, pulled them to 254 s⁻¹).
+    assert np.array_equal(maps.r2star, fit_fatwater(signal, te, FREQUENCY_HZ, options=NO_PRIOR).r2star)
+    # The three columns of R2* 300 s⁻¹ next to the step: measured 298 s⁻¹ on average (a prior gated on the
+    # signal norm, which fast decay lowers, pulled them to 254 s⁻¹).
     assert np.mean(maps.r2star[4:-4, n // 2 : n // 2 + 3]) == pytest.approx(300.0, abs=15.0)
 
 

@@ -10,9 +10,10 @@ The fit, for all voxels at once:
    (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host);
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
-4. for voxels with little proton signal, Gauss–Newton again with a prior on R2* centred on their
-   neighbourhood's (:func:`r2star_prior`): where the signal is weak, few echoes cannot pin R2* (with three
-   echoes the fit is exact for any of a continuum of R2*), and a wrong R2* moves water into fat;
+4. for voxels with little proton signal, Gauss–Newton again, from their neighbourhood's R2* and with a
+   prior centred on it (:func:`r2star_prior`): where the signal is weak, few echoes hardly pin R2* (with
+   three echoes no degree of freedom is left, and the cost barely changes over a wide range of R2*), and
+   a wrong R2* moves water into fat;
 5. signal-weighted in-plane smoothing of the field map (:func:`smooth_field_map`), then water and fat for
    the smoothed field: the field is physically smooth, and its per-voxel noise is part of what makes water
    and fat noisy with few echoes;
@@ -197,6 +198,15 @@ class FitOptions:
     low_signal_fraction: float = 0.05
     max_relative_residual: float = 0.2
 
+    def __post_init__(self) -> None:
+        if self.r2star_prior_gate < 0 or self.r2star_prior_log_sd <= 0 or self.r2star_prior_offset_s <= 0:
+            raise ValueError(
+                "r2star_prior_gate must be ≥ 0 and r2star_prior_log_sd and r2star_prior_offset_s > 0, got "
+                f"{self.r2star_prior_gate}, {self.r2star_prior_log_sd}, {self.r2star_prior_offset_s}"
+            )
+        if self.r2star_prior_window_px < 1:
+            raise ValueError(f"r2star_prior_window_px must be ≥ 1, got {self.r2star_prior_window_px}")
+
 
 @dataclass(frozen=True)
 class FatWaterMaps:
@@ -361,14 +371,6 @@ def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     return amplitudes, residual
 
 
-def _weighted_blur(values, weights, sigma_px: float):
-    """Weighted Gaussian mean over each plane, ``G*(w·v) / G*(w)``; ``values`` shaped (planes, y, x)."""
-    xp = array_module(values)
-    ndimage = ndimage_module(xp)
-    blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma_px, sigma_px))  # noqa: E731
-    return blur(weights * values) / xp.maximum(blur(weights), xp.finfo(xp.float64).tiny)
-
-
 def neighbourhood_r2star(r2star_s, window_px: int):
     """Median R2* (s⁻¹) of each voxel's in-plane ``window_px × window_px`` neighbourhood.
 
@@ -407,7 +409,7 @@ def r2star_prior(centre_s, density_share, noise_variance: float, options: FitOpt
     """
     xp = array_module(centre_s)
     offset = options.r2star_prior_offset_s
-    # Voxels without signal take the centre; a floor on their share keeps the precision finite.
+    # A floor on the share keeps the precision of voxels without signal finite (they stay at the centre).
     floor = options.r2star_prior_gate * MIN_PRIOR_DENSITY_SHARE
     excess = xp.maximum(options.r2star_prior_gate / xp.maximum(density_share, floor) - 1, 0)
     precision = noise_variance / options.r2star_prior_log_sd**2 * excess
@@ -438,16 +440,17 @@ def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float
     ndarray, shape (planes, y, x)
     """
     xp = array_module(field_hz)
+    ndimage = ndimage_module(xp)
+
+    def weighted_mean(values):
+        blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma_px, sigma_px))  # noqa: E731
+        return blur(weights * values) / xp.maximum(blur(weights), xp.finfo(xp.float64).tiny)
+
     if not period_hz:
-        return _weighted_blur(field_hz, weights, sigma_px)
+        return weighted_mean(field_hz)
     cycles = 2 * xp.pi * field_hz / period_hz
     smoothed = (
-        xp.arctan2(
-            _weighted_blur(xp.sin(cycles), weights, sigma_px),
-            _weighted_blur(xp.cos(cycles), weights, sigma_px),
-        )
-        * period_hz
-        / (2 * xp.pi)
+        xp.arctan2(weighted_mean(xp.sin(cycles)), weighted_mean(xp.cos(cycles))) * period_hz / (2 * xp.pi)
     )
     return smoothed + period_hz * xp.round((field_hz - smoothed) / period_hz)
 
@@ -574,13 +577,17 @@ def fit_fatwater(
         density = xp.abs(at_centre).sum(axis=1)
         share = xp.clip(density / float(xp.percentile(density, options.bright_percentile)), 0, 1)
         prior = r2star_prior(centre, share.reshape(weights.shape), sigma2, options)
-        # Only voxels under the gate have a prior; the others keep their converged fit.
+        # Only voxels under the gate have a prior; the others keep their converged fit. The prior's steps
+        # start from the centre: from a far-off own estimate (up to the R2* bound) three steps in R2*
+        # overshoot to 0 and do not get back.
         dim = xp.flatnonzero(prior.precision.reshape(-1) > 0)
-        refined = refine(
-            flat[dim], te, basis, field[dim], r2star[dim], grid.step_hz, options, prior.subset(dim)
-        )
-        for whole, part in zip((field, r2star, amplitudes, residual), refined, strict=True):
-            whole[dim] = part
+        if dim.size:
+            start = centre.reshape(-1)[dim]
+            refined = refine(
+                flat[dim], te, basis, field[dim], start, grid.step_hz, options, prior.subset(dim)
+            )
+            for whole, part in zip((field, r2star, amplitudes, residual), refined, strict=True):
+                whole[dim] = part
     if options.field_smoothing_px > 0:
         field = smooth_field_map(
             field.reshape(planes.shape[:-1]),
