@@ -90,6 +90,17 @@ def _triple(value: Any, name: str, kind: type) -> tuple[Any, Any, Any]:
     return tuple(kind(v) for v in items)  # type: ignore[return-value]
 
 
+def _relative_file(value: Any, name: str, expected: str, suffixes: Sequence[str]) -> None:
+    """Check a file name of the card: a non-empty string, relative to the card's folder, with a suffix of
+    ``suffixes``; ``expected`` says what was wanted (e.g. "a file name")."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelCardError(f"{name}: expected {expected}, got {value!r}")
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute():
+        raise ModelCardError(f"{name}: {value!r} must be relative to the card's folder")
+    if PurePosixPath(value).suffix.lower() not in suffixes:
+        raise ModelCardError(f"{name}: {value!r} should end in one of {list(suffixes)}")
+
+
 def _json_dict(value: Any, name: str) -> dict[str, Any]:
     """A JSON-ready copy of a free-form table (tuples become lists), so a card equals its round trip."""
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -344,12 +355,7 @@ class ModelCard:
     def _checked_cascade(self) -> tuple[str, ...]:
         cascade = _sequence(self.cascade, "cascade")
         for item in cascade:
-            if not isinstance(item, str) or not item.strip():
-                raise ModelCardError(f"cascade: expected card file names, got {item!r}")
-            if PurePosixPath(item).is_absolute() or PureWindowsPath(item).is_absolute():
-                raise ModelCardError(f"cascade: {item!r} must be relative to the card's folder")
-            if PurePosixPath(item).suffix.lower() not in CARD_SUFFIXES:
-                raise ModelCardError(f"cascade: {item!r} should end in one of {list(CARD_SUFFIXES)}")
+            _relative_file(item, "cascade", "card file names", CARD_SUFFIXES)
         if len({PurePosixPath(item.replace("\\", "/")) for item in cascade}) != len(cascade):
             raise ModelCardError(f"cascade: a card is repeated in {list(cascade)}")
         if cascade and self.roi is not None:
@@ -380,13 +386,7 @@ class ModelCard:
         return dict(sorted(labels.items()))
 
     def _check_weights(self) -> None:
-        weights = self.weights
-        if not isinstance(weights, str) or not weights.strip():
-            raise ModelCardError(f"weights: expected a file name, got {weights!r}")
-        if PurePosixPath(weights).is_absolute() or PureWindowsPath(weights).is_absolute():
-            raise ModelCardError(f"weights: {weights!r} must be relative to the card's folder")
-        if PurePosixPath(weights).suffix.lower() not in WEIGHT_SUFFIXES:
-            raise ModelCardError(f"weights: {weights!r} should end in one of {list(WEIGHT_SUFFIXES)}")
+        _relative_file(self.weights, "weights", "a file name", WEIGHT_SUFFIXES)
 
     def runs_on(self, spacing_mm: Sequence[float]) -> bool:
         """Whether the model runs on a grid of this spacing (z, y, x), mm: a model of a cascade is skipped

@@ -207,6 +207,7 @@ def training_examples(
             f"no visit of {store} is both fused (fusion done) and has truth in {cohort_dir / TRUTH_DIR}"
         )
     to_card = class_lookup(scheme)
+    to_channel = channel_lookup(card, int(to_card.max()))
     examples = []
     for key in keys:
         row = rows[key]
@@ -217,7 +218,7 @@ def training_examples(
         truth_labels = np.asarray(truth["labels"][...])
         if truth_labels.dtype != np.uint8:
             raise TrainingDataError(f"visit {key}: truth labels are {truth_labels.dtype}, expected uint8")
-        examples.append(_example(key, arrays, affine, truth_labels, card, to_card))
+        examples.append(_example(key, arrays, affine, truth_labels, card, to_card, to_channel))
     return examples
 
 
@@ -229,14 +230,18 @@ def annotation_labels(store: str | Path, name: str) -> dict[int, str]:
     TrainingDataError
         When the store has no such label set, or it names no labels.
     """
-    root = open_store(store, mode="r")
+    return _label_set(open_store(store, mode="r"), store, name)[1]
+
+
+def _label_set(root: zarr.Group, store: str | Path, name: str) -> tuple[zarr.Array, dict[int, str]]:
+    """The store's array ``labels/<name>`` and its label names (see :func:`annotation_labels`)."""
     path = f"labels/{name}"
     if path not in root:
         raise TrainingDataError(f"{store} has no label set {path} (import annotations with import_labels)")
     names = {int(k): str(v) for k, v in dict(root[path].attrs.get("labels", {})).items()}
     if 0 not in names or len(names) < 2:
         raise TrainingDataError(f"{store}: {path} names no labels besides background ({names})")
-    return dict(sorted(names.items()))
+    return root[path], dict(sorted(names.items()))
 
 
 def identity_lookup(labels: Mapping[int, str]) -> np.ndarray:
@@ -276,12 +281,10 @@ def annotated_examples(
         When the store has no such label set, the card's labels are not its labels, no visit is annotated,
         or a visit asked for is not fused.
     """
-    names = annotation_labels(store, name)
     root = open_store(store, mode="r")
-    path = f"labels/{name}"
-    array = root[path]
+    array, names = _label_set(root, store, name)
     if dict(card.labels) != names:
-        raise TrainingDataError(f"the card's labels {card.labels} are not those of {path} {names}")
+        raise TrainingDataError(f"the card's labels {card.labels} are not those of labels/{name} {names}")
     rows = participant_rows(root)
     fused = set(fused_visits(store))
     if visits is None:
@@ -292,12 +295,14 @@ def annotated_examples(
             if key not in fused:
                 raise TrainingDataError(f"visit {key}: its fusion is not done in the store {store}")
     if not keys:
-        raise TrainingDataError(f"no fused visit of {store} has a labelled voxel in {path}")
+        raise TrainingDataError(f"no fused visit of {store} has a labelled voxel in labels/{name}")
     identity = identity_lookup(card.labels)
+    to_channel = channel_lookup(card, int(identity.max()))
     examples = []
     for key in keys:
         arrays, affine = read_fused(root, rows[key], card.inputs)
-        examples.append(_example(key, arrays, affine, np.asarray(array[rows[key]]), card, identity))
+        labels = np.asarray(array[rows[key]])
+        examples.append(_example(key, arrays, affine, labels, card, identity, to_channel))
     return examples
 
 
@@ -308,9 +313,10 @@ def _example(
     labels: np.ndarray,
     card: ModelCard,
     to_card: np.ndarray,
+    to_channel: np.ndarray,
 ) -> Example:
     """One visit's example: cropped to the card's region when it has one, resampled to its spacing, the
-    labels mapped by ``to_card`` to card ids and by the card to output channels."""
+    labels mapped by ``to_card`` to card ids and by ``to_channel`` to output channels."""
     from cohortscale.models.cascade import crop_affine, roi_box
 
     if card.roi is not None:
@@ -328,7 +334,7 @@ def _example(
         eid=int(eid),
         instance=int(instance),
         image=image.numpy(),
-        target=channel_lookup(card, int(to_card.max()))[card_labels],
+        target=to_channel[card_labels],
         labels=labels,
         geometry=geometry,
         affine=affine,

@@ -251,11 +251,12 @@ def segment_visit(
     root[path][row] = labels.astype(LABEL_DTYPE, copy=False)
     found = np.unique(labels)
     where = "GPU" if device.type == "cuda" else "CPU"
-    refining = [m.card for m in models[1:]]
-    cascade = "".join(f" + {c.name} {c.version}" for c in refining if c.runs_on(spacing))
-    for c in refining:
-        if not c.runs_on(spacing) and c.roi is not None and c.roi.max_spacing_mm is not None:
-            limit = _mm(c.roi.max_spacing_mm)
+    cascade = ""
+    for c in (m.card for m in models[1:]):
+        if c.runs_on(spacing):
+            cascade += f" + {c.name} {c.version}"
+        else:  # only a roi with a max_spacing_mm skips a model
+            limit = _mm(c.roi.max_spacing_mm)  # type: ignore[union-attr, arg-type]
             notes += f"; {c.name} skipped (grid {_mm(spacing)} mm, coarser than its {limit} mm)"
     message = (
         f"participant {visit.key}: segmented with {card.name} {card.version}{cascade} on {where}; "
