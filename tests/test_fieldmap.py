@@ -46,12 +46,15 @@ def test_varpro_cost_is_the_least_squares_residual():
 
 
 def test_field_grid_spans_one_alias_period_for_uniform_echoes():
-    grid = field_grid(np.array([1e-3, 3e-3, 5e-3]), 50, 500.0)
+    grid = field_grid(np.array([1e-3, 3e-3, 5e-3]), 50, 500.0, 10.0)
     assert grid.periodic
     assert grid.step_hz * 50 == pytest.approx(500.0)
-    irregular = field_grid(np.array([1e-3, 2.5e-3, 5e-3]), 41, 300.0)
+    irregular = field_grid(np.array([1e-3, 2.5e-3, 5e-3]), 50, 300.0, 14.0)
     assert not irregular.periodic
+    # ±300 Hz in steps of at most 14 Hz: 22 steps each side.
+    assert irregular.values_hz.size == 45
     assert irregular.values_hz[[0, -1]].tolist() == [-300.0, 300.0]
+    assert irregular.step_hz == pytest.approx(300.0 / 22)
 
 
 def test_field_penalty_free_band_slope_cap_and_wrap():

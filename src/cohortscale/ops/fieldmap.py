@@ -69,20 +69,25 @@ class FieldGrid:
         return float(self.values_hz[1] - self.values_hz[0])
 
 
-def field_grid(echo_times_s: np.ndarray, n_labels: int, search_range_hz: float) -> FieldGrid:
+def field_grid(
+    echo_times_s: np.ndarray, n_labels: int, search_range_hz: float, search_step_hz: float
+) -> FieldGrid:
     """Candidate ψ values for the cost volume.
 
     With uniform echo spacing ΔTE the VARPRO residual is periodic in ψ with period 1/ΔTE (a shift by
-    one period multiplies every echo by the same phase), so one period holds every distinct solution.
-    Otherwise the grid spans ±``search_range_hz``.
+    one period multiplies every echo by the same phase), so ``n_labels`` over one period hold every
+    distinct solution. Otherwise nothing repeats, and the grid spans ±``search_range_hz`` in steps of
+    at most ``search_step_hz``.
 
     Parameters
     ----------
     echo_times_s : ndarray, shape (n_echo,)
     n_labels : int
-        Number of candidates.
+        Number of candidates over one period (uniform echo spacing).
     search_range_hz : float
         Half-width of the grid for non-uniform echo spacing, Hz.
+    search_step_hz : float
+        Largest candidate spacing for non-uniform echo spacing, Hz.
     """
     te = np.asarray(echo_times_s, dtype=np.float64)
     spacing = np.diff(te)
@@ -90,7 +95,9 @@ def field_grid(echo_times_s: np.ndarray, n_labels: int, search_range_hz: float) 
         period = 1.0 / spacing[0]
         values = -period / 2 + period * np.arange(n_labels) / n_labels
         return FieldGrid(values, periodic=True)
-    return FieldGrid(np.linspace(-search_range_hz, search_range_hz, n_labels), periodic=False)
+    # The tolerance keeps a range that is a whole number of steps from gaining one to round-off.
+    half_steps = int(np.ceil(search_range_hz / search_step_hz - 1e-9))
+    return FieldGrid(np.linspace(-search_range_hz, search_range_hz, 2 * half_steps + 1), periodic=False)
 
 
 def varpro_cost(

@@ -133,8 +133,14 @@ class FitOptions:
     ----------
     field_labels : int
         Candidate field-map values in the cost volume (over one alias period for uniform echo spacing).
-    field_search_hz : float
-        Half-width of the candidate range when the echo spacing is not uniform, Hz.
+    field_search_ppm : float
+        Half-width of the candidate range when the echo spacing is not uniform, ppm of the imaging frequency
+        (10 ppm: ±639 Hz at 1.5 T, ±1,277 Hz at 3 T). Without a period the field can only be found inside
+        this range, and off-centre anatomy near air reaches ±8 ppm (challenge case 17).
+    field_step_cycles : float
+        Largest candidate spacing for non-uniform echo spacing, as the phase it turns over the echo train,
+        cycles: ``field_step_cycles / (TE_last − TE_first)`` Hz. The cost's valleys are about a cycle over
+        the train wide, and a coarser grid can miss the true one for a broader alias.
     r2star_grid_s : tuple of float
         R2* values (s⁻¹) over which each candidate's cost is minimised; R2* matters for choosing the right
         alias (water with some decay can mimic fat without).
@@ -179,7 +185,8 @@ class FitOptions:
     """
 
     field_labels: int = 64
-    field_search_hz: float = 500.0
+    field_search_ppm: float = 10.0
+    field_step_cycles: float = 0.1
     r2star_grid_s: tuple[float, ...] = R2STAR_GRID_S
     free_field_step_hz: float = 15.0
     field_penalty_per_hz: float = 0.3
@@ -203,6 +210,11 @@ class FitOptions:
             raise ValueError(
                 "r2star_prior_gate must be ≥ 0 and r2star_prior_log_sd and r2star_prior_offset_s > 0, got "
                 f"{self.r2star_prior_gate}, {self.r2star_prior_log_sd}, {self.r2star_prior_offset_s}"
+            )
+        if self.field_search_ppm <= 0 or self.field_step_cycles <= 0:
+            raise ValueError(
+                f"field_search_ppm and field_step_cycles must be > 0, got {self.field_search_ppm}, "
+                f"{self.field_step_cycles}"
             )
         if self.r2star_prior_window_px < 1:
             raise ValueError(f"r2star_prior_window_px must be ≥ 1, got {self.r2star_prior_window_px}")
@@ -551,7 +563,12 @@ def fit_fatwater(
         planes = planes.conj()
     flat = planes.reshape(-1, te.size).astype(xp.complex64)
     phasor = fat_phasor(xp.asarray(te), spectrum, imaging_frequency_hz, xp=xp)
-    grid = field_grid(te, options.field_labels, options.field_search_hz)
+    grid = field_grid(
+        te,
+        options.field_labels,
+        options.field_search_ppm * 1e-6 * imaging_frequency_hz,
+        options.field_step_cycles / max(float(te.max() - te.min()), np.finfo(float).tiny),
+    )
     r2_grid = np.asarray(options.r2star_grid_s, dtype=np.float64)
 
     cost, best_r2 = varpro_cost(flat, te, phasor, xp.asarray(grid.values_hz), r2_grid)
