@@ -186,6 +186,23 @@ def test_non_uniform_echoes_under_a_wide_field():
         FitOptions(field_step_cycles=0)
 
 
+def test_field_search_follows_field_strength_and_keeps_three_echoes_narrow():
+    from cohortscale.ops.ideal import _field_grid
+
+    options = FitOptions()
+    four = np.array([1.3e-3, 2.1e-3, 3.4e-3, 4.6e-3])
+    at_3t, at_1_5t = _field_grid(four, 127.74e6, options), _field_grid(four, 63.87e6, options)
+    # ±10 ppm in steps of at most 0.1 cycles over the 3.3 ms train (30.3 Hz).
+    assert at_3t.values_hz[-1] == pytest.approx(1277.4)
+    assert at_1_5t.values_hz[-1] == pytest.approx(638.7)
+    assert at_3t.step_hz <= 0.1 / 3.3e-3 < at_3t.step_hz * 1.05
+    # Three echoes fit six unknowns exactly: the narrow range, symmetric about 0, in steps no coarser than
+    # field_labels spread over it (65 candidates 15.6 Hz apart).
+    three = _field_grid(four[:3], 127.74e6, options)
+    assert three.values_hz.size == options.field_labels + 1
+    assert three.values_hz[[0, -1]].tolist() == [-500.0, 500.0]
+
+
 def test_opposite_precession_is_conjugated():
     te = PROTOCOLS["6-echo"]
     signal, _ = uniform_image(te, 0.2, 50.0, 200.0, np.random.default_rng(3), n=8)

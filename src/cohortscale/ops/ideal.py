@@ -142,10 +142,10 @@ class FitOptions:
         cycles: ``field_step_cycles / (TE_last − TE_first)`` Hz. The cost's valleys are about a cycle over
         the train wide, and a coarser grid can miss the true one for a broader alias.
     three_echo_field_search_hz : float
-        Half-width of the candidate range, Hz, over ``field_labels`` candidates, for three echoes at
-        non-uniform spacing. Three echoes leave no degree of freedom: the cost is near zero along a
-        continuum of fields, so the range itself is the prior, and ±10 ppm let the field drift onto
-        aliases (re-simulated case 12 at 3 T scored 2,564 with it, 9,919 with ±500 Hz).
+        Half-width of the candidate range, Hz, in steps no coarser than ``field_labels`` spread over it,
+        for three echoes at non-uniform spacing. Three echoes leave no degree of freedom: the cost is near
+        zero along a continuum of fields, so the range itself is the prior, and ±10 ppm let the field
+        drift onto aliases (re-simulated case 12 at 3 T scored 2,564 with it, 9,919 with ±500 Hz).
     r2star_grid_s : tuple of float
         R2* values (s⁻¹) over which each candidate's cost is minimised; R2* matters for choosing the right
         alias (water with some decay can mimic fat without).
@@ -473,6 +473,23 @@ def smooth_field_map(field_hz, weights, period_hz: float | None, sigma_px: float
     return smoothed + period_hz * xp.round((field_hz - smoothed) / period_hz)
 
 
+def _degrees_of_freedom(n_echo: int) -> int:
+    """Real data left over per voxel: 2 per echo, less complex water and fat, ψ and R2*."""
+    return 2 * n_echo - 6
+
+
+def _field_grid(te: np.ndarray, imaging_frequency_hz: float, options: FitOptions) -> FieldGrid:
+    """Field candidates: one alias period for uniform echo spacing; otherwise ±``field_search_ppm``, or
+    ±``three_echo_field_search_hz`` when the echoes leave no degree of freedom."""
+    if _degrees_of_freedom(te.size) > 0:
+        search_hz = options.field_search_ppm * 1e-6 * imaging_frequency_hz
+        step_hz = options.field_step_cycles / float(te.max() - te.min())
+    else:
+        search_hz = options.three_echo_field_search_hz
+        step_hz = 2 * search_hz / (options.field_labels - 1)
+    return field_grid(te, options.field_labels, search_hz, step_hz)
+
+
 def _noise_variance(min_cost, energy, n_echo: int, xp) -> float:
     """Noise variance per real channel from the best residuals of bright voxels.
 
@@ -481,7 +498,7 @@ def _noise_variance(min_cost, energy, n_echo: int, xp) -> float:
     that, the fallback scales the median residual by one degree of freedom.
     """
     bright = energy > 0.1 * xp.percentile(energy, 99)
-    dof = max(2 * n_echo - 6, 1)
+    dof = max(_degrees_of_freedom(n_echo), 1)
     median = float(xp.median(min_cost[bright]))
     chi2_median = 2 * float(scipy.special.gammaincinv(dof / 2, 0.5))
     return max(median / chi2_median, float(xp.finfo(xp.float32).tiny))
@@ -569,13 +586,7 @@ def fit_fatwater(
         planes = planes.conj()
     flat = planes.reshape(-1, te.size).astype(xp.complex64)
     phasor = fat_phasor(xp.asarray(te), spectrum, imaging_frequency_hz, xp=xp)
-    if te.size > 3:
-        search_hz = options.field_search_ppm * 1e-6 * imaging_frequency_hz
-        step_hz = options.field_step_cycles / float(te.max() - te.min())
-    else:
-        search_hz = options.three_echo_field_search_hz
-        step_hz = 2 * search_hz / (options.field_labels - 1)
-    grid = field_grid(te, options.field_labels, search_hz, step_hz)
+    grid = _field_grid(te, imaging_frequency_hz, options)
     r2_grid = np.asarray(options.r2star_grid_s, dtype=np.float64)
 
     cost, best_r2 = varpro_cost(flat, te, phasor, xp.asarray(grid.values_hz), r2_grid)
