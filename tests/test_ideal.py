@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from cohortscale.ops.crlb import crlb
 from cohortscale.ops.fatwater import HAMILTON_LIVER_9PEAK, ISMRM_6PEAK, fat_phasor, multiecho_signal
@@ -201,6 +202,44 @@ def test_field_search_follows_field_strength_and_keeps_three_echoes_narrow():
     three = _field_grid(four[:3], 127.74e6, options)
     assert three.values_hz.size == options.field_labels + 1
     assert three.values_hz[[0, -1]].tolist() == [-500.0, 500.0]
+
+
+def test_three_echo_noise_variance_has_the_background_as_floor():
+    """Three echoes leave no degree of freedom, so the residuals on the grid say little of the noise.
+
+    Half of this 3 T, three-echo image is air. At SNR 30 the grid's residuals alone put σ² under half the
+    truth (the data term, scaled by it, then outweighs the field map's smoothness); the background's noise,
+    the floor, brings it back.
+    """
+    from cohortscale.ops.fieldmap import varpro_cost
+    from cohortscale.ops.ideal import _field_grid, _noise_variance, background_noise_variance
+
+    te = 1.5e-3 + 0.8e-3 * np.arange(3)
+    frequency, sigma = 127.74e6, 1 / 30
+    yy, xx = np.mgrid[:96, :96]
+    tissue = (xx < 48).astype(float)
+    signal = multiecho_signal(
+        0.8 * tissue, 0.2 * tissue, np.full(tissue.shape, 50.0), 300 * np.sin(yy / 30), te, ISMRM_6PEAK,
+        frequency,
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    flat = signal + sigma * (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape))
+    flat = flat.reshape(-1, te.size)
+    options = FitOptions()
+    grid = _field_grid(te, frequency, options)
+    phasor = fat_phasor(te, ISMRM_6PEAK, frequency)
+    cost, _ = varpro_cost(flat, te, phasor, grid.values_hz, np.asarray(options.r2star_grid_s))
+    energy = (np.abs(flat) ** 2).sum(axis=1)
+    residual_only = float(np.median(cost.min(axis=1)[energy > 0.1 * np.percentile(energy, 99)])) / 0.455
+    assert residual_only < 0.5 * sigma**2
+    # The darkest 1 % of the image is the darkest 2 % of its background: σ² comes out high by the ratio of
+    # those χ²(6) quantiles (1.30), on the safe side for a floor.
+    high_by = scipy.stats.chi2.ppf(0.02, 6) / scipy.stats.chi2.ppf(0.01, 6)
+    floor = background_noise_variance(energy, te.size, options.background_quantile)
+    assert floor == pytest.approx(high_by * sigma**2, rel=0.1)
+    assert _noise_variance(cost.min(axis=1), energy, te.size, np, options.background_quantile) == floor
+    with pytest.raises(ValueError, match="background_quantile"):
+        FitOptions(background_quantile=1.0)
 
 
 def test_opposite_precession_is_conjugated():
