@@ -230,7 +230,8 @@ def test_three_echo_noise_variance_has_the_background_as_floor():
     phasor = fat_phasor(te, ISMRM_6PEAK, frequency)
     cost, _ = varpro_cost(flat, te, phasor, grid.values_hz, np.asarray(options.r2star_grid_s))
     energy = (np.abs(flat) ** 2).sum(axis=1)
-    residual_only = float(np.median(cost.min(axis=1)[energy > 0.1 * np.percentile(energy, 99)])) / 0.455
+    bright_residual = np.median(cost.min(axis=1)[energy > 0.1 * np.percentile(energy, 99)])
+    residual_only = float(bright_residual) / scipy.stats.chi2.median(1)
     assert residual_only < 0.5 * sigma**2
     # The darkest 1 % of the image is the darkest 2 % of its background: σ² comes out high by the ratio of
     # those χ²(6) quantiles (1.30), on the safe side for a floor.

@@ -412,8 +412,7 @@ def r2star_prior(centre_s, density_share, noise_variance: float, options: FitOpt
     Centred on ``centre_s`` (:func:`neighbourhood_r2star`), with precision
     ``σ² / log_sd² × max(gate / share − 1, 0)`` on ``log(R2* + offset)``: nothing for voxels at least
     ``gate`` as dense as the bright level, and rising as the voxel's own information (∝ share²) falls.
-    σ² is the noise variance the cost volume is scaled by (from the best residuals of its grid; with three
-    echoes, which leave no degree of freedom, the grid's misfit stands in for it).
+    σ² is the noise variance the cost volume is scaled by (:func:`_noise_variance`).
 
     Parameters
     ----------
@@ -504,8 +503,8 @@ def _noise_variance(min_cost, energy, n_echo: int, xp, background_quantile: floa
     fat, ψ and R2* fitted); its median over bright tissue gives σ² robustly. Three echoes leave no degree
     of freedom: the residual on the grid is then only the grid's misfit, scaled here as one degree of
     freedom, and at low SNR it falls far below the noise (a tenth of it at SNR 30 on re-simulated case 17
-    at 3 T, where 5 % of the field map, too little regularised, came out swapped). The noise of the background
-    (:func:`background_noise_variance`) is then a floor.
+    at 3 T, where 5 % of the field map, too little regularised, came out swapped). The noise of the
+    background (:func:`background_noise_variance`) is then a floor.
     """
     bright = energy > 0.1 * xp.percentile(energy, 99)
     dof = _degrees_of_freedom(n_echo)
