@@ -248,3 +248,55 @@ def test_changed_inputs_are_ingested_again(tmp_path: Path) -> None:
     np.testing.assert_array_equal(after, open_cohort(fresh)["dixon/station3/water"].values)
     assert not np.array_equal(before, after)
     assert ingest(cohort / "bulk", store).skipped == 2
+
+
+def test_ingest_again_keeps_nothing_the_changed_inputs_no_longer_hold(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    """A visit ingested again after its multi-echo zip was removed and a series dropped from its Dixon zip
+    is stored exactly as a fresh ingest of what is left: no stale multi-echo slice or station volume."""
+    eid = sorted((clean_cohort / "bulk").glob("*_20201_2_0.zip"))[0].name.split("_")[0]
+    bulk = tmp_path / "bulk"
+    bulk.mkdir()
+    for source in sorted((clean_cohort / "bulk").glob(f"{eid}_*_2_0.zip")):
+        (bulk / source.name).write_bytes(source.read_bytes())
+    store = tmp_path / "store.zarr"
+    ingest(bulk, store)
+    key = f"{eid}_2"
+    before = open_cohort(store).sel(participant=key).load()  # the store is read lazily
+
+    (bulk / f"{eid}_20203_2_0.zip").unlink()
+    dixon = bulk / f"{eid}_20201_2_0.zip"
+    with zipfile.ZipFile(dixon) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    headers = {
+        n: pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True)
+        for n, b in entries.items()
+        if n.endswith(".dcm")
+    }
+    dropped = sorted(
+        {str(h.SeriesInstanceUID) for h in headers.values() if h.SeriesDescription.endswith("_W")}
+    )[0]
+    with zipfile.ZipFile(dixon, "w") as zf:
+        for name, data in entries.items():
+            if name not in headers or str(headers[name].SeriesInstanceUID) != dropped:
+                zf.writestr(name, data)
+    assert ingest(bulk, store).done == 1
+    fresh_store = tmp_path / "fresh.zarr"
+    ingest(bulk, fresh_store)
+    again, fresh = open_cohort(store), open_cohort(fresh_store)
+    assert int(before["multiecho/20203/dynamics"]) > 0
+    assert int(again["multiecho/20203/dynamics"].sel(participant=key)) == 0
+    assert np.isnan(again["multiecho/20203/signal"].sel(participant=key).values).all()
+    emptied = [
+        name
+        for name in before.data_vars
+        if name.endswith("/water")
+        and before[name].values.any()
+        and not again[name].sel(participant=key).values.any()
+    ]
+    assert len(emptied) == 1
+    for name in fresh.data_vars:
+        np.testing.assert_array_equal(
+            again[name].sel(participant=key).values, fresh[name].sel(participant=key).values, err_msg=name
+        )

@@ -160,6 +160,17 @@ def ensure_arrays(root: zarr.Group, specs: Mapping[str, ArraySpec]) -> None:
             _create(root, path, n, shape, dtype, dims, fill)
 
 
+def reset_row(root: zarr.Group, specs: Mapping[str, ArraySpec], row: int) -> None:
+    """Set store row ``row`` of every array in ``specs`` (path → spec) to the array's fill value.
+
+    A row a stage writes again must not keep what its earlier inputs left: a series that disappeared, a
+    visit now quarantined. Each row is its own chunk, so this deletes the chunk files (Zarr does not store
+    chunks that hold only the fill value).
+    """
+    for path, (shape, dtype, _, fill) in specs.items():
+        root[path][row] = np.full(shape, fill, dtype=dtype)
+
+
 def create_store(
     path: str | Path, participants: Sequence[tuple[str, int, int]], layout: StoreLayout
 ) -> zarr.Group:

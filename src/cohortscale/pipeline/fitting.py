@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from cohortscale.backend import device_module, to_numpy
-from cohortscale.io.store import ArraySpec, StoreLayout, ensure_arrays, layout_of, open_store
+from cohortscale.io.store import ArraySpec, StoreLayout, ensure_arrays, layout_of, open_store, reset_row
 from cohortscale.ops.fatwater import SPECTRA
 from cohortscale.ops.ideal import FitOptions, fit_fatwater
 from cohortscale.pipeline.cluster import ClusterConfig
@@ -296,9 +296,10 @@ def clear_row(
 ) -> None:
     """Reset a visit's maps of ``fields`` (default all) to their fill values."""
     wanted = {f"{MAPS}/{f}/" for f in (layout.multiecho if fields is None else fields)}
-    for path, (shape, dtype, _, fill) in config.arrays(layout).items():
-        if path[: path.rindex("/") + 1] in wanted:
-            root[path][row] = np.full(shape, fill, dtype=dtype)
+    specs = config.arrays(layout)
+    reset_row(
+        root, {path: spec for path, spec in specs.items() if path[: path.rindex("/") + 1] in wanted}, row
+    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import zarr
 
 from cohortscale.backend import device_module, to_numpy
 from cohortscale.geometry import Grid
-from cohortscale.io.store import ArraySpec, ensure_arrays, layout_of, open_store, participant_rows
+from cohortscale.io.store import ArraySpec, ensure_arrays, layout_of, open_store, participant_rows, reset_row
 from cohortscale.ops.fusion import (
     BLENDS,
     FUSED_SHAPE,
@@ -197,9 +197,10 @@ def clear_row(
     root: zarr.Group, row: int, config: FusionConfig, stations: int, names: Sequence[str] | None = None
 ) -> None:
     """Reset a visit's fusion outputs ``names`` (e.g. ``"fat"``; default all) to their fill values."""
-    for path, (shape, dtype, _, fill) in config.arrays(stations).items():
-        if names is None or path.rsplit("/", 1)[1] in names:
-            root[path][row] = np.full(shape, fill, dtype=dtype)
+    specs = config.arrays(stations)
+    reset_row(
+        root, {p: spec for p, spec in specs.items() if names is None or p.rsplit("/", 1)[1] in names}, row
+    )
 
 
 @dataclass(frozen=True)

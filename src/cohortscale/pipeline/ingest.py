@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,15 @@ from cohortscale.io.classify import (
 )
 from cohortscale.io.dicom import Series, stack_series
 from cohortscale.io.ledger import Ledger
-from cohortscale.io.store import StoreLayout, create_store, layout_of, open_store, participant_rows
+from cohortscale.io.store import (
+    ArraySpec,
+    StoreLayout,
+    create_store,
+    layout_of,
+    open_store,
+    participant_rows,
+    reset_row,
+)
 from cohortscale.io.ukb import ArchiveError, ArchiveLimits, VisitFiles, discover, read_entries
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import EngineConfig, Outcome, StageReport, Visit, run_on_cluster
@@ -188,6 +197,22 @@ def _read_series(
     return series, problems
 
 
+class _VisitRow:
+    """One visit's row of the store: writes whole rows of arrays by path, and remembers which."""
+
+    def __init__(self, root: zarr.Group, row: int) -> None:
+        self.root, self.row = root, row
+        self.written: set[str] = set()
+
+    def __setitem__(self, path: str, value: Any) -> None:
+        self.root[path][self.row] = value
+        self.written.add(path)
+
+    def reset_unwritten(self, specs: Mapping[str, ArraySpec]) -> None:
+        """Set the arrays of ``specs`` (path → spec) that this visit did not write to their fill values."""
+        reset_row(self.root, {p: spec for p, spec in specs.items() if p not in self.written}, self.row)
+
+
 @dataclass
 class _VisitLog:
     """Manifest rows of one visit."""
@@ -274,9 +299,7 @@ def _slice_offset(affine: np.ndarray, reference: np.ndarray) -> float:
     return float((affine[:3, 3] - reference[:3, 3]) @ step / (step @ step))
 
 
-def _write_dixon(
-    root: zarr.Group, row: int, dixon: list[SeriesInfo], layout: StoreLayout, log: _VisitLog
-) -> int:
+def _write_dixon(out: _VisitRow, dixon: list[SeriesInfo], layout: StoreLayout, log: _VisitLog) -> int:
     """Write every station of one visit; return the number of contrasts stored."""
     stored = 0
     for station, (nz, ny, nx) in sorted(layout.stations.items()):
@@ -322,29 +345,28 @@ def _write_dixon(
             else:
                 volume = np.zeros((nz, ny, nx), dtype="uint16")
                 volume[first : first + n] = series.pixels
-            root[f"dixon/station{station}/{contrast}"][row] = volume
+            out[f"dixon/station{station}/{contrast}"] = volume
             slices[ci] = (first, n)
             stored += 1
             short = n < nz
             note = f"{n} of the station's {nz} slices" if short else ""
             log.series(info, "kept", "fewer_slices" if short else "", note, slices=n)
-        root[f"dixon/station{station}/affine"][row] = reference
-        root[f"dixon/station{station}/slices"][row] = slices
+        out[f"dixon/station{station}/affine"] = reference
+        out[f"dixon/station{station}/slices"] = slices
     return stored
 
 
-def _dixon_acquisition(root: zarr.Group, row: int, dixon: list[SeriesInfo]) -> None:
+def _dixon_acquisition(out: _VisitRow, dixon: list[SeriesInfo]) -> None:
     """Echo times (opposed, in phase) and imaging frequency of the Dixon, from the first kept headers."""
     by_contrast = {s.contrast: s.datasets[0] for s in dixon}
     if "opp" in by_contrast and "in" in by_contrast:
-        root["dixon/echo_times"][row] = [float(by_contrast[c].EchoTime) * 1e-3 for c in ("opp", "in")]
+        out["dixon/echo_times"] = [float(by_contrast[c].EchoTime) * 1e-3 for c in ("opp", "in")]
     header = next(iter(by_contrast.values()))
-    root["dixon/imaging_frequency"][row] = float(header.ImagingFrequency) * 1e6
+    out["dixon/imaging_frequency"] = float(header.ImagingFrequency) * 1e6
 
 
 def _write_multiecho(
-    root: zarr.Group,
-    row: int,
+    out: _VisitRow,
     series: list[SeriesInfo],
     layout: StoreLayout,
     config: IngestConfig,
@@ -396,15 +418,13 @@ def _write_multiecho(
             )
         if dynamics == 0:
             continue
-        root[f"multiecho/{field_id}/signal"][row] = signal
+        out[f"multiecho/{field_id}/signal"] = signal
         padded_te = np.full(ne, np.nan)
         padded_te[: len(echo_times)] = echo_times
-        root[f"multiecho/{field_id}/echo_times"][row] = padded_te
-        root[f"multiecho/{field_id}/affine"][row] = affine
-        root[f"multiecho/{field_id}/imaging_frequency"][row] = (
-            float(mine[0].datasets[0].ImagingFrequency) * 1e6
-        )
-        root[f"multiecho/{field_id}/dynamics"][row] = dynamics
+        out[f"multiecho/{field_id}/echo_times"] = padded_te
+        out[f"multiecho/{field_id}/affine"] = affine
+        out[f"multiecho/{field_id}/imaging_frequency"] = float(mine[0].datasets[0].ImagingFrequency) * 1e6
+        out[f"multiecho/{field_id}/dynamics"] = dynamics
 
 
 def ingest_visit(
@@ -414,7 +434,11 @@ def ingest_visit(
     start = time.perf_counter()
     log = _VisitLog(visit)
 
+    out = _VisitRow(root, visit.index)
+
     def outcome(status: str, reason: str = "", message: str = "") -> tuple[Outcome, pd.DataFrame]:
+        # Inputs that changed since an earlier ingest may hold fewer series, or none.
+        out.reset_unwritten(layout.arrays())
         return Outcome(visit.key, status, reason, message, time.perf_counter() - start), log.frame()
 
     if str(DIXON_FIELD) not in visit.inputs:
@@ -435,13 +459,13 @@ def ingest_visit(
         assign_stations(dixon, config.patterns.stations)
     except StationError as exc:
         return outcome("quarantined", "station_count", f"participant {visit.key}: {exc}")
-    stored = _write_dixon(root, visit.index, dixon, layout, log)
+    stored = _write_dixon(out, dixon, layout, log)
     if stored == 0:
         return outcome(
             "quarantined", "no_dixon_data", f"participant {visit.key}: no Dixon series could be stored"
         )
-    _dixon_acquisition(root, visit.index, dixon)
-    _write_multiecho(root, visit.index, series, layout, config, log)
+    _dixon_acquisition(out, dixon)
+    _write_multiecho(out, series, layout, config, log)
     frame = log.frame()
     notes = Counter(frame.loc[frame["decision"] != "kept", "reason"])
     summary = ", ".join(f"{n} {reason}" for reason, n in sorted(notes.items()))
