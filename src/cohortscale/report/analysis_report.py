@@ -34,6 +34,7 @@ from cohortscale.analysis.recipe import STUDY_ORDER
 from cohortscale.analysis.run import DATA, MANIFEST
 from cohortscale.pipeline.reduce import describe
 from cohortscale.report.synth_report import save_figure
+from cohortscale.stats.tails import neg_log10_p_normal
 
 #: Default title of the page.
 TITLE = "cohortscale analysis results"
@@ -571,7 +572,7 @@ def phewas_figure(table: pd.DataFrame, options: dict[str, Any], title: str, path
     tested = table[np.isfinite(table["p"].to_numpy(float))].sort_values("code").reset_index(drop=True)
     chapters = tested["code"].str[0]
     position = np.arange(len(tested)) + (chapters != chapters.shift()).cumsum().to_numpy() - 1
-    score = -np.log10(np.maximum(tested["p"].to_numpy(float), np.finfo(float).tiny))
+    score = neg_log10_p_normal(tested["z"].to_numpy(float))  # finite where p underflows to 0
     line = -math.log10(ALPHA / max(len(tested), 1))
     fig, ax = plt.subplots(figsize=(WIDE, 5.5))
     for k, (_, rows) in enumerate(tested.groupby(chapters, sort=True)):

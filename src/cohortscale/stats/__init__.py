@@ -24,6 +24,7 @@ from cohortscale.stats.phewas import phewas
 from cohortscale.stats.roc import auroc, delong_test
 from cohortscale.stats.summary import summary
 from cohortscale.stats.survival import cox_ph, kaplan_meier
+from cohortscale.stats.tails import neg_log10_p_normal, neg_log10_p_pearson, neg_log10_p_t
 
 __all__ = [
     "adjust",
@@ -42,6 +43,9 @@ __all__ = [
     "mann_whitney",
     "mixed_model",
     "model_means",
+    "neg_log10_p_normal",
+    "neg_log10_p_pearson",
+    "neg_log10_p_t",
     "normality",
     "ols_many",
     "one_way_anova",

@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import special
 
 from cohortscale.stats.multiple import ALPHA, Method, adjust, family_size
+from cohortscale.stats.tails import neg_log10_p_pearson, neg_log10_p_t
 
 CorrelationMethod: TypeAlias = Literal["pearson", "spearman"]
 #: Fewest complete rows a pair needs for r and p (two points always lie on a line).
@@ -192,9 +193,21 @@ def _p_values(r: np.ndarray, n: np.ndarray, method: CorrelationMethod) -> np.nda
         if method == "pearson":
             shape = n / 2 - 1
             return 2 * special.betaincc(shape, shape, (np.abs(r) + 1) / 2)
-        dof = n - 2.0
-        t = r * np.sqrt((dof / ((r + 1.0) * (1.0 - r))).clip(0))
-        return 2 * special.stdtr(dof, -np.abs(t))
+        return 2 * special.stdtr(n - 2.0, -np.abs(_spearman_t(r, n)))
+
+
+def _spearman_t(r: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Student's t of Spearman correlations ``r`` over ``n`` rows (``n − 2`` degrees of freedom)."""
+    dof = n - 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return r * np.sqrt((dof / ((r + 1.0) * (1.0 - r))).clip(0))
+
+
+def _neg_log10_p(r: np.ndarray, n: np.ndarray, method: CorrelationMethod) -> np.ndarray:
+    """``−log10 p`` of correlations ``r`` over ``n`` rows, from r itself: finite where p underflows to 0."""
+    if method == "pearson":
+        return neg_log10_p_pearson(r, n)
+    return neg_log10_p_t(_spearman_t(r, n), n - 2.0)
 
 
 # --- public API ---------------------------------------------------------------------------------------------
@@ -217,6 +230,9 @@ class Correlation:
     def tidy(self) -> pd.DataFrame:
         """One row per pair: ``x``, ``y``, ``r``, ``p``, ``n``, ``neg_log10_p``.
 
+        ``neg_log10_p`` comes from r and n (:mod:`cohortscale.stats.tails`), so it stays finite where
+        ``p`` underflows to 0 (|r| = 0.5 over 40,000 rows has p ≈ 10⁻²⁵⁰⁰).
+
         For a symmetric matrix only the pairs above the diagonal (each distinct pair once).
         """
         stacked = {name: getattr(self, name).stack(future_stack=True) for name in ("r", "p", "n")}
@@ -224,7 +240,8 @@ class Correlation:
         if self.symmetric:
             rows, columns = np.triu_indices(len(self.r.index), k=1)
             table = table.iloc[rows * len(self.r.columns) + columns].reset_index(drop=True)
-        table["neg_log10_p"] = neg_log10_p(table["p"])
+        r, n = (table[name].to_numpy(dtype=np.float64, na_value=np.nan) for name in ("r", "n"))
+        table["neg_log10_p"] = _neg_log10_p(r, n, self.method)
         return table
 
 
