@@ -57,6 +57,12 @@ R2STAR_GRID_S = (
 )
 
 
+#: Fewest echoes the complex fit takes: three leave no degree of freedom (water and fat complex, ψ, R2*).
+MIN_ECHOES = 3
+#: Longest echo time taken as seconds, s: multi-echo gradient echoes end well before it, and echo times
+#: given in milliseconds by mistake are above it.
+MAX_ECHO_TIME_S = 0.1
+
 #: Share of the prior gate below which a voxel's proton density counts as that share: caps the R2* prior
 #: precision of voxels without signal at about 10⁶ times that of a voxel at half the gate.
 MIN_PRIOR_DENSITY_SHARE = 1e-6
@@ -100,6 +106,8 @@ class Quality(enum.IntFlag):
     """Relative residual above ``max_relative_residual``: the model does not explain the data."""
     FAT_WATER_AMBIGUOUS = 8
     """Magnitude fits only: the water- and fat-dominant solutions differ but fit almost equally well."""
+    NON_FINITE = 16
+    """The voxel's signal held NaN or ±inf: it was left out of the fit and its maps are NaN."""
 
 
 def quality_flags(norm, r2star, relative, options):
@@ -268,6 +276,31 @@ class FatWaterMaps:
     def as_dict(self) -> dict[str, np.ndarray]:
         """The maps by name."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def check_echo_times(echo_times_s, n_echo: int) -> np.ndarray:
+    """Echo times as float64 seconds, checked against the signal's ``n_echo`` echoes.
+
+    Raises
+    ------
+    ValueError
+        Fewer than :data:`MIN_ECHOES`, a count other than ``n_echo``, times not positive and increasing, or
+        times above :data:`MAX_ECHO_TIME_S` (milliseconds passed as seconds).
+    """
+    te = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
+    if te.size != n_echo:
+        raise ValueError(f"{te.size} echo times for {n_echo} echoes")
+    if te.size < MIN_ECHOES:
+        raise ValueError(f"{te.size} echoes; the fit needs at least {MIN_ECHOES}")
+    if not np.all(np.isfinite(te)) or te[0] <= 0 or np.any(np.diff(te) <= 0):
+        raise ValueError(
+            f"echo times must be positive and increasing, got {np.round(te * 1e3, 3).tolist()} ms"
+        )
+    if te[-1] > MAX_ECHO_TIME_S:
+        raise ValueError(
+            f"echo times go up to {te[-1]:g} s, beyond {MAX_ECHO_TIME_S} s: they must be in seconds, not ms"
+        )
+    return te
 
 
 def fat_fraction(water, fat, clip: bool = True):
@@ -612,9 +645,7 @@ def fit_fatwater(
     signal = xp.asarray(signal)
     if signal.ndim < 3:
         raise ValueError(f"signal must be shaped (..., y, x, echo), got {signal.shape}")
-    te = np.asarray(echo_times_s, dtype=np.float64)
-    if te.size != signal.shape[-1]:
-        raise ValueError(f"{te.size} echo times for {signal.shape[-1]} echoes")
+    te = check_echo_times(echo_times_s, signal.shape[-1])
     if phase_sign not in (1, -1):
         raise ValueError(f"phase_sign must be +1 or -1, got {phase_sign}")
     shape = signal.shape[:-1]
@@ -622,6 +653,10 @@ def fit_fatwater(
     if phase_sign < 0:
         planes = planes.conj()
     flat = planes.reshape(-1, te.size).astype(xp.complex64)
+    # A non-finite voxel would carry NaN through the image-wide noise level and field-map aggregation: it is
+    # fitted as air (no signal) and reported as NaN.
+    finite = xp.isfinite(flat).all(axis=1)
+    flat[~finite] = 0
     phasor = fat_phasor(xp.asarray(te), spectrum, imaging_frequency_hz, xp=xp)
     grid = _field_grid(te, imaging_frequency_hz, options)
     r2_grid = np.asarray(options.r2star_grid_s, dtype=np.float64)
@@ -670,7 +705,7 @@ def fit_fatwater(
         amplitudes, residual = amplitudes_for(flat, te, basis, field, r2star)
 
     relative = residual / xp.where(norm > 0, norm, 1)
-    quality = quality_flags(norm, r2star, relative, options)
+    quality = quality_flags(norm, r2star, relative, options) | (Quality.NON_FINITE * ~finite).astype(xp.uint8)
     water, fat = amplitudes[:, 0], amplitudes[:, 1]
     maps = {
         "water": water.astype(xp.complex64),
@@ -680,6 +715,8 @@ def fit_fatwater(
         "b0": field.astype(xp.float32),
         "iron": iron_from_r2star(r2star).astype(xp.float32),
         "residual": relative.astype(xp.float32),
-        "quality": quality.astype(xp.uint8),
     }
+    for values in maps.values():
+        values[~finite] = xp.nan
+    maps["quality"] = quality.astype(xp.uint8)
     return FatWaterMaps(**{name: value.reshape(shape) for name, value in maps.items()})

@@ -39,7 +39,7 @@ import numpy as np
 
 from cohortscale.backend import array_module, to_numpy
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
-from cohortscale.ops.ideal import FatWaterMaps, Quality, quality_flags
+from cohortscale.ops.ideal import FatWaterMaps, Quality, check_echo_times, quality_flags
 
 #: ``√(π/2)``: the Rayleigh mean is ``σ √(π/2)``.
 SQRT_HALF_PI = math.sqrt(math.pi / 2)
@@ -674,9 +674,7 @@ def fit_magnitude(
     options = options or MagnitudeOptions()
     xp, flat = _flatten(magnitude)
     shape = xp.asarray(magnitude).shape[:-1]
-    te = xp.asarray(echo_times_s, dtype=xp.float64)
-    if te.size != flat.shape[1]:
-        raise ValueError(f"{te.size} echo times for {flat.shape[1]} echoes")
+    te = xp.asarray(check_echo_times(echo_times_s, flat.shape[1]))
     phasor = fat_phasor(te, spectrum, imaging_frequency_hz, xp=xp)
 
     if noise_sigma is None:

@@ -21,7 +21,7 @@ import zarr
 from cohortscale.backend import device_module, to_numpy
 from cohortscale.io.store import ArraySpec, StoreLayout, ensure_arrays, layout_of, open_store, reset_row
 from cohortscale.ops.fatwater import SPECTRA
-from cohortscale.ops.ideal import FitOptions, fit_fatwater
+from cohortscale.ops.ideal import MIN_ECHOES, FitOptions, fit_fatwater
 from cohortscale.pipeline.cluster import ClusterConfig
 from cohortscale.pipeline.engine import (
     EngineConfig,
@@ -39,8 +39,6 @@ from cohortscale.pipeline.engine import (
 MAPS = "maps"
 #: Quality value of pixels that were not fitted (every flag set, so any flag test excludes them).
 NOT_FITTED = 0xFF
-#: Fewest echoes the model is fitted to: complex water and fat, ψ and R2* are six real unknowns.
-MIN_ECHOES = 3
 #: Ways of combining a slice's dynamics before the fit.
 DYNAMICS = ("mean", "first")
 #: Dynamics whose first-echo phase agrees less than this (median |Σ s| / Σ |s| over bright pixels) are
