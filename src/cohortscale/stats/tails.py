@@ -1,6 +1,6 @@
 """−log10 p from test statistics, exact beyond where p itself underflows float64.
 
-At cohort scale p-values leave float64: over 40,000 participants a correlation of 0.5 has p ≈ 10⁻²⁸⁰⁰,
+At cohort scale p-values leave float64: over 40,000 participants a correlation of 0.5 has p ≈ 10⁻²⁵⁰⁰,
 so p is 0, its −log10 is inf, and a heatmap or Manhattan plot can only saturate. These functions work in
 log space from the statistic instead:
 
