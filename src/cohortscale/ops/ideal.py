@@ -655,8 +655,8 @@ def fit_fatwater(
     flat = planes.reshape(-1, te.size).astype(xp.complex64)
     # A non-finite voxel would carry NaN through the image-wide noise level and field-map aggregation: it is
     # fitted as air (no signal) and reported as NaN.
-    finite = xp.isfinite(flat).all(axis=1)
-    flat[~finite] = 0
+    missing = ~xp.isfinite(flat).all(axis=1)
+    flat[missing] = 0
     phasor = fat_phasor(xp.asarray(te), spectrum, imaging_frequency_hz, xp=xp)
     grid = _field_grid(te, imaging_frequency_hz, options)
     r2_grid = np.asarray(options.r2star_grid_s, dtype=np.float64)
@@ -705,7 +705,7 @@ def fit_fatwater(
         amplitudes, residual = amplitudes_for(flat, te, basis, field, r2star)
 
     relative = residual / xp.where(norm > 0, norm, 1)
-    quality = quality_flags(norm, r2star, relative, options) | (Quality.NON_FINITE * ~finite).astype(xp.uint8)
+    quality = quality_flags(norm, r2star, relative, options) | (Quality.NON_FINITE * missing).astype(xp.uint8)
     water, fat = amplitudes[:, 0], amplitudes[:, 1]
     maps = {
         "water": water.astype(xp.complex64),
@@ -717,6 +717,6 @@ def fit_fatwater(
         "residual": relative.astype(xp.float32),
     }
     for values in maps.values():
-        values[~finite] = xp.nan
+        values[missing] = xp.nan
     maps["quality"] = quality.astype(xp.uint8)
     return FatWaterMaps(**{name: value.reshape(shape) for name, value in maps.items()})

@@ -31,10 +31,9 @@ from typing import Literal, TypeAlias, TypeVar
 
 import numpy as np
 import pandas as pd
-from scipy import special
 
 from cohortscale.stats.multiple import ALPHA, Method, adjust, family_size
-from cohortscale.stats.tails import neg_log10_p_pearson, neg_log10_p_t
+from cohortscale.stats.tails import neg_log10_p_pearson, neg_log10_p_t, p_pearson, p_t
 
 CorrelationMethod: TypeAlias = Literal["pearson", "spearman"]
 #: Fewest complete rows a pair needs for r and p (two points always lie on a line).
@@ -191,9 +190,8 @@ def _p_values(r: np.ndarray, n: np.ndarray, method: CorrelationMethod) -> np.nda
     """Two-sided p-values of correlations ``r`` over ``n`` rows, as scipy computes them."""
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "pearson":
-            shape = n / 2 - 1
-            return 2 * special.betaincc(shape, shape, (np.abs(r) + 1) / 2)
-        return 2 * special.stdtr(n - 2.0, -np.abs(_spearman_t(r, n)))
+            return p_pearson(r, n)
+        return p_t(_spearman_t(r, n), n - 2.0)
 
 
 def _spearman_t(r: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -87,24 +87,38 @@ def neg_log10_p_normal(z: ArrayLike) -> np.ndarray:
     return -(np.log(2.0) + special.log_ndtr(-z)) / LN10
 
 
+def p_t(t: ArrayLike, dof: ArrayLike) -> np.ndarray:
+    """Two-sided p of Student's t statistics ``t`` with ``dof`` degrees of freedom (0 where it underflows)."""
+    return 2 * special.stdtr(dof, -np.abs(t))
+
+
 def neg_log10_p_t(t: ArrayLike, dof: ArrayLike) -> np.ndarray:
     """Two-sided ``−log10 p`` of Student's t statistics ``t`` with ``dof`` degrees of freedom.
 
     ``p = I_{dof / (dof + t²)}(dof / 2, 1 / 2)``.
     """
     t, dof = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(t, dof))
-    p = 2 * special.stdtr(dof, -np.abs(t))
     x = dof / (dof + t**2)
-    return _from_log_where_underflowing(p, lambda m: log_betainc(dof[m] / 2, 0.5, x[m]))
+    return _from_log_where_underflowing(p_t(t, dof), lambda m: log_betainc(dof[m] / 2, 0.5, x[m]))
+
+
+def p_pearson(r: ArrayLike, n: ArrayLike) -> np.ndarray:
+    """Two-sided p of Pearson correlations ``r`` over ``n`` observations (0 where it underflows).
+
+    Under the null, ``(r + 1) / 2`` is Beta(n/2 − 1, n/2 − 1): ``p = 2 (1 − I_{(1 + |r|) / 2}(a, a))`` with
+    ``a = n/2 − 1``, as :func:`scipy.stats.pearsonr` computes it.
+    """
+    shape = np.asarray(n, dtype=np.float64) / 2 - 1
+    return 2 * special.betaincc(shape, shape, (np.abs(r) + 1) / 2)
 
 
 def neg_log10_p_pearson(r: ArrayLike, n: ArrayLike) -> np.ndarray:
-    """Two-sided ``−log10 p`` of Pearson correlations ``r`` over ``n`` observations.
+    """Two-sided ``−log10 p`` of Pearson correlations ``r`` over ``n`` observations (:func:`p_pearson`).
 
-    Under the null, ``(r + 1) / 2`` is Beta(n/2 − 1, n/2 − 1), so ``p = 2 I_{(1 − |r|) / 2}(a, a)`` with
-    ``a = n/2 − 1`` (what :func:`scipy.stats.pearsonr` computes).
+    By the Beta's symmetry ``p = 2 I_{(1 − |r|) / 2}(a, a)``, the lower tail :func:`log_betainc` takes.
     """
     r, n = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(r, n))
     shape, x = n / 2 - 1, (1 - np.abs(r)) / 2
-    p = 2 * special.betainc(shape, shape, x)
-    return _from_log_where_underflowing(p, lambda m: np.log(2.0) + log_betainc(shape[m], shape[m], x[m]))
+    return _from_log_where_underflowing(
+        p_pearson(r, n), lambda m: np.log(2.0) + log_betainc(shape[m], shape[m], x[m])
+    )
