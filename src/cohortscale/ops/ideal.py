@@ -33,6 +33,7 @@ import scipy.special
 import scipy.stats
 
 from cohortscale.backend import array_module, ndimage_module, to_numpy
+from cohortscale.ops.crlb import crlb
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
 from cohortscale.ops.fieldmap import FieldGrid, aggregate, field_grid, flip_regions, varpro_cost
 
@@ -108,6 +109,11 @@ class Quality(enum.IntFlag):
     """Magnitude fits only: the water- and fat-dominant solutions differ but fit almost equally well."""
     NON_FINITE = 16
     """The voxel's signal held NaN or ±inf: it was left out of the fit and its maps are NaN."""
+    IMPRECISE = 32
+    """Complex fits only, voxels not ``LOW_SIGNAL``: the Cramér–Rao bound on the voxel's PDFF SD, at its
+    fitted values and the image's noise level, is above ``max_pdff_sd``. The echoes cannot pin its fat
+    fraction (too little signal, or decay faster than the echo train follows, as in severe iron overload),
+    and the fit may have settled on an alias with a far lower R2*."""
 
 
 def quality_flags(norm, r2star, relative, options):
@@ -199,6 +205,9 @@ class FitOptions:
         Voxels whose signal norm is below this share of the 99th percentile are flagged ``LOW_SIGNAL``.
     max_relative_residual : float
         Relative residual ‖s − model‖/‖s‖ above which a voxel is flagged ``HIGH_RESIDUAL``.
+    max_pdff_sd : float
+        Cramér–Rao bound on a voxel's PDFF SD (fraction, 0.1 = 10 points) above which it is flagged
+        ``IMPRECISE`` (:func:`pdff_sd_bound`).
     """
 
     field_labels: int = 64
@@ -223,6 +232,7 @@ class FitOptions:
     background_quantile: float = 0.01
     low_signal_fraction: float = 0.05
     max_relative_residual: float = 0.2
+    max_pdff_sd: float = 0.1
 
     def __post_init__(self) -> None:
         if self.r2star_prior_gate < 0 or self.r2star_prior_log_sd <= 0 or self.r2star_prior_offset_s <= 0:
@@ -427,6 +437,48 @@ def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     amplitudes = _least_squares(design, signal)
     residual = xp.sqrt((xp.abs(signal - xp.einsum("vnm,vm->vn", design, amplitudes)) ** 2).sum(axis=1))
     return amplitudes, residual
+
+
+def pdff_sd_bound(
+    water,
+    fat,
+    r2star_s,
+    noise_variance: float,
+    echo_times_s,
+    imaging_frequency_hz: float,
+    spectrum: FatSpectrum,
+):
+    """Cramér–Rao bound on each voxel's PDFF SD at its fitted values (complex model).
+
+    :func:`cohortscale.ops.crlb.crlb` at the voxel's PDFF ``|F| / (|W| + |F|)`` and R2*, divided by its SNR
+    ``(|W| + |F|) / σ``. Computed on the host (NumPy).
+
+    Parameters
+    ----------
+    water, fat : ndarray, complex
+        Fitted amplitudes.
+    r2star_s : ndarray
+        Fitted R2*, s⁻¹.
+    noise_variance : float
+        σ² per real channel, signal units squared.
+    echo_times_s : array_like
+        Echo times, s.
+    imaging_frequency_hz : float
+    spectrum : FatSpectrum
+
+    Returns
+    -------
+    ndarray
+        SD bound as a fraction (0.1 = 10 points), +inf where there is no signal; on the backend of ``water``.
+    """
+    xp = array_module(water)
+    water, fat, r2star_s = (to_numpy(a).astype(np.float64) for a in (xp.abs(water), xp.abs(fat), r2star_s))
+    density = water + fat
+    pdff = np.divide(fat, density, out=np.zeros_like(density), where=density > 0)
+    unit = crlb(echo_times_s, imaging_frequency_hz, spectrum, pdff, r2star_s, snr=1.0, model="complex")
+    snr = density / np.sqrt(noise_variance)
+    sd = np.divide(unit.sd_pdff_fraction, snr, out=np.full_like(snr, np.inf), where=snr > 0)
+    return xp.asarray(sd)
 
 
 def neighbourhood_r2star(r2star_s, window_px: int):
@@ -705,8 +757,14 @@ def fit_fatwater(
         amplitudes, residual = amplitudes_for(flat, te, basis, field, r2star)
 
     relative = residual / xp.where(norm > 0, norm, 1)
-    quality = quality_flags(norm, r2star, relative, options) | (Quality.NON_FINITE * missing).astype(xp.uint8)
     water, fat = amplitudes[:, 0], amplitudes[:, 1]
+    quality = quality_flags(norm, r2star, relative, options) | (Quality.NON_FINITE * missing).astype(xp.uint8)
+    # Voxels without signal are LOW_SIGNAL already; the bound is computed for the others only.
+    tissue = xp.flatnonzero((quality & Quality.LOW_SIGNAL) == 0)
+    bound = pdff_sd_bound(
+        water[tissue], fat[tissue], r2star[tissue], sigma2, te, imaging_frequency_hz, spectrum
+    )
+    quality[tissue] |= (Quality.IMPRECISE * (bound > options.max_pdff_sd)).astype(xp.uint8)
     maps = {
         "water": water.astype(xp.complex64),
         "fat": fat.astype(xp.complex64),

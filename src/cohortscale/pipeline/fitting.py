@@ -60,7 +60,8 @@ PIXEL_MAPS: dict[str, tuple[str, object, str, str]] = {
         "uint8",
         NOT_FITTED,
         "bit flags",
-        "0 good; 1 LOW_SIGNAL, 2 R2STAR_AT_BOUND, 4 HIGH_RESIDUAL (OR-ed); 255 not fitted",
+        "0 good; 1 LOW_SIGNAL, 2 R2STAR_AT_BOUND, 4 HIGH_RESIDUAL, 8 FAT_WATER_AMBIGUOUS (magnitude fits), "
+        "16 NON_FINITE, 32 IMPRECISE (OR-ed); 255 not fitted",
     ),
 }
 
