@@ -409,6 +409,16 @@ def test_voxels_whose_pdff_the_echoes_cannot_pin_are_flagged_imprecise():
     empirical = np.std(fat_fraction(maps.water[stripe], maps.fat[stripe], clip=False))
     assert np.median(bound) == pytest.approx(empirical, rel=0.1)
 
+    # Where the bound straddles the threshold (median 8 points), the flag follows the bound at the true
+    # noise level: the fit's own σ² is per real channel, as the bound's SNR is (a per-complex-sample σ²
+    # would move the bound by √2 and flag most of this cell).
+    signal, _ = mosaic_image(te, 300.0, 20.0, rng)
+    maps = fit_fatwater(signal, te, FREQUENCY_HZ)
+    flagged = (maps.quality & Quality.IMPRECISE) > 0
+    bound = pdff_sd_bound(maps.water, maps.fat, maps.r2star, 1 / 20.0**2, te, FREQUENCY_HZ, ISMRM_6PEAK)
+    assert 0.02 < flagged.mean() < 0.5
+    assert np.mean(flagged == (bound > FitOptions().max_pdff_sd)) > 0.95
+
 
 def test_monte_carlo_against_cramer_rao_bound():
     """|bias| < 0.5 PDFF points and < 2 s⁻¹, SD within 1.25× the bound, no swaps on a smooth field.
