@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor
-from cohortscale.ops.fieldmap import NEIGHBOUR_PAIRS, field_grid, field_penalty, flip_regions, varpro_cost
+from cohortscale.ops.fieldmap import (
+    NEIGHBOUR_PAIRS,
+    coarsen,
+    field_grid,
+    field_penalty,
+    flip_regions,
+    varpro_cost,
+)
 
 FREQUENCY_HZ = 63.866e6
 PENALTY = {"free_labels": 1, "penalty_per_label": 2.0, "max_penalty": 40.0, "periodic": True}
@@ -55,6 +62,27 @@ def test_field_grid_spans_one_alias_period_for_uniform_echoes():
     assert irregular.values_hz.size == 45
     assert irregular.values_hz[[0, -1]].tolist() == [-300.0, 300.0]
     assert irregular.step_hz == pytest.approx(300.0 / 22)
+
+
+def test_coarsen_sums_blocks_of_the_tolerant_cost_and_averages_weights():
+    rng = np.random.default_rng(3)
+    cost = rng.random((2, 5, 7, 9)).astype(np.float32)
+    weights = rng.random((2, 5, 7))
+    coarse, coarse_weights = coarsen(cost, weights, 2, 1, periodic=False)
+    assert coarse.shape == (2, 3, 4, 9) and coarse_weights.shape == (2, 3, 4)
+    # Each voxel's cost is its minimum over ±1 label (the grid's ends do not wrap) before the sums.
+    tolerant = np.minimum(
+        cost,
+        np.minimum(
+            np.pad(cost, [(0, 0)] * 3 + [(1, 0)], constant_values=np.inf)[..., :-1],
+            np.pad(cost, [(0, 0)] * 3 + [(0, 1)], constant_values=np.inf)[..., 1:],
+        ),
+    )
+    assert np.allclose(coarse[1, 0, 2], tolerant[1, 0:2, 4:6].sum(axis=(0, 1)))
+    # The last row and column of blocks are padded with zero cost and weight.
+    assert np.allclose(coarse[0, 2, 3], tolerant[0, 4, 6])
+    assert coarse_weights[0, 2, 3] == pytest.approx(weights[0, 4, 6] / 4)
+    assert coarse_weights[1, 1, 0] == pytest.approx(weights[1, 2:4, 0:2].mean())
 
 
 def test_field_penalty_free_band_slope_cap_and_wrap():

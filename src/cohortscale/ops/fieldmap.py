@@ -260,6 +260,40 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
     return total
 
 
+def coarsen(cost, weights, block_px: int, tolerance_labels: int, periodic: bool):
+    """A cost volume over blocks of ``block_px × block_px`` voxels: summed costs, mean weights.
+
+    Summing over a block pools the voxels' evidence, so that a choice between water–fat alias sheets that
+    each voxel's own cost hardly makes is made by the block. The field changes within a block: each voxel's
+    cost is first its minimum within ±``tolerance_labels``. The image is padded with zero cost and weight
+    to whole blocks.
+
+    Parameters
+    ----------
+    cost : ndarray, shape (Z, Y, X, K)
+    weights : ndarray, shape (Z, Y, X)
+    block_px : int
+    tolerance_labels : int
+    periodic : bool
+        Labels wrap around.
+
+    Returns
+    -------
+    coarse_cost : ndarray, shape (Z, ⌈Y/block⌉, ⌈X/block⌉, K)
+    coarse_weights : ndarray, shape (Z, ⌈Y/block⌉, ⌈X/block⌉)
+    """
+    xp = array_module(cost)
+    planes, rows, cols, n_labels = cost.shape
+    blocks_y, blocks_x = -(-rows // block_px), -(-cols // block_px)
+    padded = xp.zeros((planes, blocks_y * block_px, blocks_x * block_px, n_labels), dtype=cost.dtype)
+    padded[:, :rows, :cols] = _min_filter(cost, tolerance_labels, periodic, xp)
+    padded_weights = xp.zeros(padded.shape[:-1], dtype=weights.dtype)
+    padded_weights[:, :rows, :cols] = weights
+    coarse = padded.reshape(planes, blocks_y, block_px, blocks_x, block_px, n_labels).sum(axis=(2, 4))
+    coarse_weights = padded_weights.reshape(planes, blocks_y, block_px, blocks_x, block_px).mean(axis=(2, 4))
+    return coarse, coarse_weights
+
+
 def field_penalty(
     label_change,
     n_labels: int,

@@ -7,7 +7,9 @@ The fit, for all voxels at once:
 2. a field map chosen by semi-global aggregation of that volume, which keeps the field smooth across the
    image and so picks the right one of the water–fat aliases (:func:`cohortscale.ops.fieldmap.aggregate`),
    then region-level moves to the alias wherever that lowers the field-map energy
-   (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host);
+   (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host). Three echoes at non-uniform spacing fit
+   the field and a ladder of its aliases alike; for them a Laplace prior on the field (:func:`field_prior`)
+   and blocks of voxels (:func:`cohortscale.ops.fieldmap.coarsen`) choose the alias sheet first;
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
 4. for voxels with little proton signal, Gauss–Newton again, from their neighbourhood's R2* and with a
@@ -35,7 +37,7 @@ import scipy.stats
 from cohortscale.backend import array_module, ndimage_module, to_numpy
 from cohortscale.ops.crlb import crlb
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
-from cohortscale.ops.fieldmap import FieldGrid, aggregate, field_grid, flip_regions, varpro_cost
+from cohortscale.ops.fieldmap import FieldGrid, aggregate, coarsen, field_grid, flip_regions, varpro_cost
 
 #: R2* candidates of the cost volume, s⁻¹: about 30 % apart, so that no true R2* up to 1000 s⁻¹ is far
 #: enough from a candidate for a water–fat alias to fit better (a coarser grid swaps water at R2* 300).
@@ -57,6 +59,9 @@ R2STAR_GRID_S = (
     1100.0,
 )
 
+
+#: Cost (noise variances) that rules out a field candidate off the alias sheet the blocks chose.
+OFF_SHEET_COST = 1e6
 
 #: Fewest echoes the complex fit takes: three leave no degree of freedom (water and fat complex, ψ, R2*).
 MIN_ECHOES = 3
@@ -156,11 +161,21 @@ class FitOptions:
         Largest candidate spacing for non-uniform echo spacing, as the phase it turns over the echo train,
         cycles: ``field_step_cycles / (TE_last − TE_first)`` Hz. The cost's valleys are about a cycle over
         the train wide, and a coarser grid can miss the true one for a broader alias.
-    three_echo_field_search_hz : float
-        Half-width of the candidate range, Hz, in steps no coarser than ``field_labels`` spread over it,
-        for three echoes at non-uniform spacing. Three echoes leave no degree of freedom: the cost is near
-        zero along a continuum of fields, so the range itself is the prior, and ±10 ppm let the field
-        drift onto aliases (re-simulated case 12 at 3 T scored 2,564 with it, 9,919 with ±500 Hz).
+    three_echo_step_cycles : float
+        ``field_step_cycles`` for three echoes at non-uniform spacing, whose short train makes 0.1 cycles a
+        coarse step (43 Hz at 3 T for 1.6/2.4/3.9 ms): re-simulated case 12 at 1.5 T scored 8,798 with
+        it and 9,952 with 0.05.
+    field_prior_scale_ppm : float
+        Scale of the Laplace prior on the field, ppm of the imaging frequency, for three echoes at
+        non-uniform spacing. Three echoes leave no degree of freedom: the true field and a ladder of
+        aliases about the main fat peak's offset apart fit the echoes exactly, so the data cannot choose
+        between them, and a range cut where they are chosen from breaks anatomy whose field goes beyond
+        it. The scanner's centre frequency puts the bulk water on resonance, which makes the field near
+        0 the likelier one; 5 ppm leaves room for the ±8 ppm off-centre anatomy near air reaches.
+    coarse_block_px : int
+        Side (pixels) of the blocks over which, for three echoes at non-uniform spacing, the alias sheet
+        is chosen first (:func:`cohortscale.ops.fieldmap.coarsen`); the voxels then pick their field
+        within half the main fat peak's offset of the blocks' field, and region moves follow.
     r2star_grid_s : tuple of float
         R2* values (s⁻¹) over which each candidate's cost is minimised; R2* matters for choosing the right
         alias (water with some decay can mimic fat without).
@@ -213,7 +228,9 @@ class FitOptions:
     field_labels: int = 64
     field_search_ppm: float = 10.0
     field_step_cycles: float = 0.1
-    three_echo_field_search_hz: float = 500.0
+    three_echo_step_cycles: float = 0.05
+    field_prior_scale_ppm: float = 5.0
+    coarse_block_px: int = 4
     r2star_grid_s: tuple[float, ...] = R2STAR_GRID_S
     free_field_step_hz: float = 15.0
     field_penalty_per_hz: float = 0.3
@@ -240,11 +257,14 @@ class FitOptions:
                 "r2star_prior_gate must be ≥ 0 and r2star_prior_log_sd and r2star_prior_offset_s > 0, got "
                 f"{self.r2star_prior_gate}, {self.r2star_prior_log_sd}, {self.r2star_prior_offset_s}"
             )
-        if min(self.field_search_ppm, self.field_step_cycles, self.three_echo_field_search_hz) <= 0:
+        positive = (self.field_search_ppm, self.field_step_cycles, self.three_echo_step_cycles)
+        if min(*positive, self.field_prior_scale_ppm) <= 0:
             raise ValueError(
-                "field_search_ppm, field_step_cycles and three_echo_field_search_hz must be > 0, got "
-                f"{self.field_search_ppm}, {self.field_step_cycles}, {self.three_echo_field_search_hz}"
+                "field_search_ppm, field_step_cycles, three_echo_step_cycles and field_prior_scale_ppm must "
+                f"be > 0, got {positive} and {self.field_prior_scale_ppm}"
             )
+        if self.coarse_block_px < 1:
+            raise ValueError(f"coarse_block_px must be ≥ 1, got {self.coarse_block_px}")
         if not 0 < self.background_quantile < 1:
             raise ValueError(f"background_quantile must be within (0, 1), got {self.background_quantile}")
         if self.r2star_prior_window_px < 1:
@@ -570,14 +590,11 @@ def _degrees_of_freedom(n_echo: int) -> int:
 
 
 def _field_grid(te: np.ndarray, imaging_frequency_hz: float, options: FitOptions) -> FieldGrid:
-    """Field candidates: one alias period for uniform echo spacing; otherwise ±``field_search_ppm``, or
-    ±``three_echo_field_search_hz`` when the echoes leave no degree of freedom."""
-    if _degrees_of_freedom(te.size) > 0:
-        search_hz = options.field_search_ppm * 1e-6 * imaging_frequency_hz
-        step_hz = options.field_step_cycles / float(te.max() - te.min())
-    else:
-        search_hz = options.three_echo_field_search_hz
-        step_hz = 2 * search_hz / (options.field_labels - 1)
+    """Field candidates: one alias period for uniform echo spacing; otherwise ±``field_search_ppm`` in
+    steps of at most ``field_step_cycles`` over the echo train (``three_echo_step_cycles`` for three)."""
+    search_hz = options.field_search_ppm * 1e-6 * imaging_frequency_hz
+    cycles = options.field_step_cycles if _degrees_of_freedom(te.size) > 0 else options.three_echo_step_cycles
+    step_hz = cycles / float(te.max() - te.min())
     return field_grid(te, options.field_labels, search_hz, step_hz)
 
 
@@ -626,23 +643,44 @@ def background_noise_variance(energy, n_echo: int, quantile: float) -> float:
     return float(xp.quantile(nonzero, quantile)) / float(scipy.stats.chi2.ppf(quantile, 2 * n_echo))
 
 
+def main_fat_offset_hz(spectrum: FatSpectrum, imaging_frequency_hz: float) -> float:
+    """Offset of the fat spectrum's largest peak from water, Hz (positive)."""
+    offsets = spectrum.frequencies_hz(imaging_frequency_hz)
+    return abs(float(offsets[int(np.argmax(spectrum.amplitudes))]))
+
+
 def alias_shifts(spectrum: FatSpectrum, imaging_frequency_hz: float, grid: FieldGrid) -> tuple[int, int]:
     """Label shifts between a field map and its water–fat aliases: ± the main fat peak's offset."""
-    offsets = spectrum.frequencies_hz(imaging_frequency_hz)
-    step = round(abs(float(offsets[int(np.argmax(spectrum.amplitudes))])) / grid.step_hz)
+    step = round(main_fat_offset_hz(spectrum, imaging_frequency_hz) / grid.step_hz)
     return step, -step
 
 
-def _choose_labels(volume, weights, grid: FieldGrid, shifts: tuple[int, ...], options: FitOptions):
-    """Field-map labels (planes, y, x): semi-global aggregation, then region-level alias moves."""
-    xp = array_module(volume)
-    penalty = {
-        "free_labels": round(options.free_field_step_hz / grid.step_hz),
-        "penalty_per_label": options.field_penalty_per_hz * grid.step_hz,
-        "max_penalty": options.max_field_penalty,
+def field_prior(grid: FieldGrid, imaging_frequency_hz: float, scale_ppm: float) -> np.ndarray:
+    """Laplace prior on the field per candidate, in the cost volume's units: ``2|ψ| / b``.
+
+    The cost volume is ‖s − model‖² over the noise variance per real channel, twice the negative
+    log-likelihood; the prior's negative log is ``|ψ| / b`` with the scale ``b = scale_ppm`` of the imaging
+    frequency.
+    """
+    return 2 * np.abs(grid.values_hz) / (scale_ppm * 1e-6 * imaging_frequency_hz)
+
+
+def _neighbour_penalty(grid: FieldGrid, options: FitOptions, block_px: int = 1) -> dict:
+    """The neighbour penalty between voxels, or between blocks of ``block_px`` voxels a side: the change
+    between block centres spans ``block_px`` voxel steps, on each of the ``block_px`` rows that cross."""
+    return {
+        "free_labels": round(options.free_field_step_hz * block_px / grid.step_hz),
+        "penalty_per_label": options.field_penalty_per_hz * grid.step_hz * block_px,
+        "max_penalty": options.max_field_penalty * block_px,
         "periodic": grid.periodic,
     }
-    labels = aggregate(volume, weights, **penalty).argmin(axis=-1)
+
+
+def _regularised_labels(volume, weights, shifts, options: FitOptions, penalty: dict, start_volume=None):
+    """Semi-global aggregation of ``start_volume`` (default ``volume``), then region-level alias moves
+    that lower the field-map energy of ``volume``."""
+    xp = array_module(volume)
+    labels = aggregate(volume if start_volume is None else start_volume, weights, **penalty).argmin(axis=-1)
     if not options.region_rounds:
         return labels
     # Region moves are sparse-graph bookkeeping over few regions: they run on the host.
@@ -658,6 +696,47 @@ def _choose_labels(volume, weights, grid: FieldGrid, shifts: tuple[int, ...], op
             **penalty,
         )
     return xp.asarray(host_labels)
+
+
+def _choose_labels(
+    volume,
+    weights,
+    grid: FieldGrid,
+    shifts: tuple[int, ...],
+    options: FitOptions,
+    *,
+    sheet_prior: tuple[float, float] | None = None,
+):
+    """Field-map labels (planes, y, x): semi-global aggregation, then region-level alias moves.
+
+    With ``sheet_prior`` = (imaging frequency, main fat peak offset), Hz, for echoes that cannot tell the
+    field from its aliases: the Laplace :func:`field_prior` is added to the cost, blocks of
+    ``coarse_block_px`` voxels choose the alias sheet, and each voxel's field starts within half the fat
+    offset of its blocks' field before the region moves.
+    """
+    penalty = _neighbour_penalty(grid, options)
+    if sheet_prior is None:
+        return _regularised_labels(volume, weights, shifts, options, penalty)
+    xp = array_module(volume)
+    imaging_frequency_hz, fat_offset_hz = sheet_prior
+    values = xp.asarray(grid.values_hz)
+    # The aliases form a ladder at multiples of the fat offset: regions may also move two rungs.
+    shifts = (*shifts, *(2 * shift for shift in shifts))
+    volume = volume + xp.asarray(
+        field_prior(grid, imaging_frequency_hz, options.field_prior_scale_ppm), dtype=volume.dtype
+    )
+    block = options.coarse_block_px
+    coarse, coarse_weights = coarsen(volume, weights, block, max(penalty["free_labels"], 1), grid.periodic)
+    # No cap between blocks: a block across an air gap has a low weight already, and inside tissue the
+    # field is continuous (a capped jump let a region of a smooth ramp drop onto an alias nearer 0 Hz).
+    between_blocks = _neighbour_penalty(grid, options, block)
+    between_blocks["max_penalty"] = between_blocks["penalty_per_label"] * grid.values_hz.size
+    coarse_labels = _regularised_labels(coarse, coarse_weights, shifts, options, between_blocks)
+    rows, cols = volume.shape[1:3]
+    centre = ndimage_module(xp).zoom(values[coarse_labels], (1, block, block), order=1, mode="nearest")
+    off_sheet = xp.abs(values - centre[:, :rows, :cols, None]) > fat_offset_hz / 2
+    start = volume + OFF_SHEET_COST * off_sheet.astype(volume.dtype)
+    return _regularised_labels(volume, weights, shifts, options, penalty, start_volume=start)
 
 
 def fit_fatwater(
@@ -723,7 +802,12 @@ def fit_fatwater(
     bright = float(xp.percentile(norm, options.bright_percentile))
     weights = xp.clip(norm / bright, 0, 1).reshape(planes.shape[:-1]) ** options.weight_power
     shifts = alias_shifts(spectrum, imaging_frequency_hz, grid)
-    labels = _choose_labels(volume, weights, grid, shifts, options).reshape(-1)
+    # Three echoes at non-uniform spacing fit the field and its aliases alike: a prior and blocks choose.
+    ambiguous = not grid.periodic and _degrees_of_freedom(te.size) <= 0
+    sheet_prior = (imaging_frequency_hz, main_fat_offset_hz(spectrum, imaging_frequency_hz))
+    labels = _choose_labels(
+        volume, weights, grid, shifts, options, sheet_prior=sheet_prior if ambiguous else None
+    ).reshape(-1)
     field0 = xp.asarray(grid.values_hz)[labels]
     r2_0 = xp.asarray(r2_grid)[best_r2[xp.arange(labels.size), labels]]
 
