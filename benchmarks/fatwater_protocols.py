@@ -16,8 +16,9 @@ truth:
 
 In the same run and on the same data: our fit with its defaults; for non-uniform echo spacing, our fit
 with its field search cut to ±500 Hz in 64 labels, the range it searched before (for three echoes that
-range was then the fit's only prior on the field; uniform spacing searches one alias period). With ``--pycsemri``, also the PyPI package ``pycsemri`` (``VARPRO_LUT`` at full resolution):
-it is off by default because on 9 of these 12 protocols its fit returned within 0.1 s with every fat
+range was then the fit's only prior on the field; uniform spacing searches one alias period). With
+``--pycsemri``, also the PyPI package ``pycsemri`` (``VARPRO_LUT`` at full resolution): it is off by
+default because on 9 of the 12 protocols it was run on its fit returned within 0.1 s with every fat
 fraction 0 (score 22 on case 17's anatomy), a failure inside the package that we did not diagnose.
 Times are wall seconds per fit with the machine's default threads.
 
