@@ -234,8 +234,8 @@ def test_three_non_uniform_echoes_under_a_wide_field():
     assert np.max(np.abs(maps.b0 - b0)[tissue]) < 20.0
     assert np.max(np.abs(maps.pdff - pdff)[tissue]) < 0.06
     # The prior is twice the Laplace negative log: 2 at one scale (5 ppm, 638.7 Hz) from 0 Hz.
-    prior = field_prior(_field_grid(te, frequency, FitOptions()), frequency, 5.0)
-    assert np.interp(638.7, _field_grid(te, frequency, FitOptions()).values_hz, prior) == pytest.approx(2.0)
+    grid = _field_grid(te, frequency, FitOptions())
+    assert np.interp(638.7, grid.values_hz, field_prior(grid, frequency, 5.0)) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="coarse_block_px"):
         FitOptions(coarse_block_px=0)
     with pytest.raises(ValueError, match="field_prior_scale_ppm"):
