@@ -207,13 +207,21 @@ def test_field_search_follows_field_strength():
     assert three.step_hz <= 0.05 / 2.1e-3 < three.step_hz * 1.05
 
 
-def test_three_non_uniform_echoes_under_a_wide_field():
-    """Three echoes fit the field and a ladder of its aliases (multiples of the fat offset) exactly.
+@pytest.mark.parametrize("field", ["ramp ±900 Hz", "two islands near 0 Hz"])
+def test_three_non_uniform_echoes_choose_the_true_rung_of_the_alias_ladder(field):
+    """Three echoes fit the field and a ladder of its aliases (multiples of the fat offset) alike.
 
-    A smooth field from −900 to +900 Hz at 3 T: a search cut at ±500 Hz, the range that was the only prior
-    before, swapped 72 % of this tissue. The Laplace prior on the field, the alias sheet chosen over
-    4 × 4 blocks and the region moves of up to two rungs keep it on the truth (measured: field within
-    5.2 Hz, PDFF within 0.036 over three seeds).
+    3 T, 1.6/2.4/3.9 ms, SNR 50, four tissues with R2* 40–250 s⁻¹ and air above and below. Over three
+    seeds both fields come out within 22 Hz and every PDFF within 0.09 of the truth.
+
+    - A smooth ramp from −900 to +900 Hz: the ±500 Hz search that was the only prior before put all of it
+      on an alias (PDFF off by 0.95); without the window around the blocks' field, or with region moves
+      of one rung only, the fit lands two rungs off.
+    - Two islands across an air gap, the field within ±60 Hz: nothing in the data ties one island to
+      the other's rung, and without the prior on the field one lands two rungs off.
+
+    The blocks are what the re-simulated anatomy of case 12 needs (``benchmarks/fatwater_protocols.py``);
+    these fields are chosen right without them.
     """
     from cohortscale.ops.ideal import _field_grid
 
@@ -221,25 +229,28 @@ def test_three_non_uniform_echoes_under_a_wide_field():
     frequency = 127.74e6
     rows, cols = 48, 128
     yy, xx = np.mgrid[:rows, :cols]
-    b0 = 900.0 * np.sin(np.pi * (xx / (cols - 1) - 0.5)) + 60.0 * np.cos(np.pi * yy / rows)
     tissue = (yy >= 8) & (yy < 40)  # air above and below: the background sets the noise floor
+    b0 = 60.0 * np.cos(np.pi * yy / rows)
+    if field == "ramp ±900 Hz":
+        b0 = b0 + 900.0 * np.sin(np.pi * (xx / (cols - 1) - 0.5))
+    else:
+        tissue &= np.abs(xx - cols // 2) > 6
     pdff = np.repeat([0.05, 0.3, 0.8, 0.15], cols // 4)[None, :].repeat(rows, axis=0)
+    r2star = np.repeat([40.0, 120.0, 250.0, 60.0], cols // 4)[None, :].repeat(rows, axis=0)
     rotation = np.exp(1j * (0.5 + 0.03 * xx)) * tissue
-    signal = multiecho_signal(
-        (1 - pdff) * rotation, pdff * rotation, np.full(pdff.shape, 40.0), b0, te, ISMRM_6PEAK, frequency
-    )
+    signal = multiecho_signal((1 - pdff) * rotation, pdff * rotation, r2star, b0, te, ISMRM_6PEAK, frequency)
     rng = np.random.default_rng(0)
-    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 100
+    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 50
     maps = fit_fatwater(signal, te, frequency)
-    assert np.max(np.abs(maps.b0 - b0)[tissue]) < 20.0
-    assert np.max(np.abs(maps.pdff - pdff)[tissue]) < 0.06
+    assert np.max(np.abs(maps.b0 - b0)[tissue]) < 40.0
+    assert np.max(np.abs(maps.pdff - pdff)[tissue]) < 0.15
     # The prior is twice the Laplace negative log: 2 at one scale (5 ppm, 638.7 Hz) from 0 Hz.
     grid = _field_grid(te, frequency, FitOptions())
     assert np.interp(638.7, grid.values_hz, field_prior(grid, frequency, 5.0)) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="coarse_block_px"):
         FitOptions(coarse_block_px=0)
-    with pytest.raises(ValueError, match="field_prior_scale_ppm"):
-        FitOptions(field_prior_scale_ppm=0)
+    with pytest.raises(ValueError, match="three_echo_step_cycles"):
+        FitOptions(three_echo_step_cycles=0)
 
 
 def test_three_echo_noise_variance_has_the_background_as_floor():

@@ -16,6 +16,7 @@ smooth field to their water–fat alias wherever that lowers the energy of the f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -260,7 +261,7 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
     return total
 
 
-def coarsen(cost, weights, block_px: int, tolerance_labels: int, periodic: bool):
+def coarsen(cost, weights, block_px: int, tolerance_labels: int, periodic: bool) -> tuple[Any, Any]:
     """A cost volume over blocks of ``block_px × block_px`` voxels: summed costs, mean weights.
 
     Summing over a block pools the voxels' evidence, so that a choice between water–fat alias sheets that
@@ -270,17 +271,23 @@ def coarsen(cost, weights, block_px: int, tolerance_labels: int, periodic: bool)
 
     Parameters
     ----------
-    cost : ndarray, shape (Z, Y, X, K)
+    cost : ndarray, float32, shape (Z, Y, X, K)
+        Data cost per voxel and label, as in :func:`aggregate`.
     weights : ndarray, shape (Z, Y, X)
+        Smoothness weight per voxel, 0–1.
     block_px : int
+        Side of a block, pixels.
     tolerance_labels : int
+        Field change, labels, that a voxel's cost tolerates within its block.
     periodic : bool
         Labels wrap around.
 
     Returns
     -------
     coarse_cost : ndarray, shape (Z, ⌈Y/block⌉, ⌈X/block⌉, K)
+        Summed costs, on the backend and in the dtype of ``cost``.
     coarse_weights : ndarray, shape (Z, ⌈Y/block⌉, ⌈X/block⌉)
+        Mean weights (padding counts as 0).
     """
     xp = array_module(cost)
     planes, rows, cols, n_labels = cost.shape

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.special
@@ -60,8 +61,11 @@ R2STAR_GRID_S = (
 )
 
 
-#: Cost (noise variances) that rules out a field candidate off the alias sheet the blocks chose.
-OFF_SHEET_COST = 1e6
+#: Share of the main fat peak's offset either side of the blocks' field within which, for echoes that cannot
+#: tell the field from its aliases, each voxel's field starts: half stays off the neighbouring rungs.
+SHEET_WINDOW_SHARE = 0.5
+#: Rungs of the alias ladder (multiples of the fat offset) a region may move at once in that case.
+ALIAS_RUNGS = 2
 
 #: Fewest echoes the complex fit takes: three leave no degree of freedom (water and fat complex, ψ, R2*).
 MIN_ECHOES = 3
@@ -152,7 +156,8 @@ class FitOptions:
     Attributes
     ----------
     field_labels : int
-        Candidate field-map values in the cost volume (over one alias period for uniform echo spacing).
+        Candidate field-map values in the cost volume over one alias period, for uniform echo spacing
+        (non-uniform spacing steps by ``field_step_cycles``).
     field_search_ppm : float
         Half-width of the candidate range when the echo spacing is not uniform, ppm of the imaging frequency
         (10 ppm: ±639 Hz at 1.5 T, ±1,277 Hz at 3 T). Without a period the field can only be found inside
@@ -163,7 +168,7 @@ class FitOptions:
         the train wide, and a coarser grid can miss the true one for a broader alias.
     three_echo_step_cycles : float
         ``field_step_cycles`` for three echoes at non-uniform spacing, whose short train makes 0.1 cycles a
-        coarse step (43 Hz at 3 T for 1.6/2.4/3.9 ms): re-simulated case 12 at 1.5 T (2.0/3.6/5.9 ms,
+        coarse step (43 Hz for 1.6/2.4/3.9 ms): re-simulated case 12 at 1.5 T (2.0/3.6/5.9 ms,
         SNR 100) scored 9,549 with it and 9,957 with 0.05, at 1.7 times the time.
     field_prior_scale_ppm : float
         Scale of the Laplace prior on the field, ppm of the imaging frequency, for three echoes at
@@ -659,13 +664,26 @@ def field_prior(grid: FieldGrid, imaging_frequency_hz: float, scale_ppm: float) 
     """Laplace prior on the field per candidate, in the cost volume's units: ``2|ψ| / b``.
 
     The cost volume is ‖s − model‖² over the noise variance per real channel, twice the negative
-    log-likelihood; the prior's negative log is ``|ψ| / b`` with the scale ``b = scale_ppm`` of the imaging
-    frequency.
+    log-likelihood; the prior's negative log is ``|ψ| / b``.
+
+    Parameters
+    ----------
+    grid : FieldGrid
+        The candidates ψ, Hz.
+    imaging_frequency_hz : float
+        Proton imaging frequency, Hz.
+    scale_ppm : float
+        The prior's scale b, ppm of the imaging frequency.
+
+    Returns
+    -------
+    ndarray, shape (K,)
+        Cost per candidate, noise variances (2 at ψ = ±b).
     """
     return 2 * np.abs(grid.values_hz) / (scale_ppm * 1e-6 * imaging_frequency_hz)
 
 
-def _neighbour_penalty(grid: FieldGrid, options: FitOptions, block_px: int = 1) -> dict:
+def _neighbour_penalty(grid: FieldGrid, options: FitOptions, block_px: int = 1) -> dict[str, Any]:
     """The neighbour penalty between voxels, or between blocks of ``block_px`` voxels a side: the change
     between block centres spans ``block_px`` voxel steps, on each of the ``block_px`` rows that cross."""
     return {
@@ -676,7 +694,9 @@ def _neighbour_penalty(grid: FieldGrid, options: FitOptions, block_px: int = 1) 
     }
 
 
-def _regularised_labels(volume, weights, shifts, options: FitOptions, penalty: dict, start_volume=None):
+def _regularised_labels(
+    volume, weights, shifts: tuple[int, ...], options: FitOptions, penalty: dict[str, Any], start_volume=None
+):
     """Semi-global aggregation of ``start_volume`` (default ``volume``), then region-level alias moves
     that lower the field-map energy of ``volume``."""
     xp = array_module(volume)
@@ -705,23 +725,23 @@ def _choose_labels(
     shifts: tuple[int, ...],
     options: FitOptions,
     *,
-    sheet_prior: tuple[float, float] | None = None,
+    imaging_frequency_hz: float,
+    fat_offset_hz: float,
+    aliases_fit_alike: bool,
 ):
     """Field-map labels (planes, y, x): semi-global aggregation, then region-level alias moves.
 
-    With ``sheet_prior`` = (imaging frequency, main fat peak offset), Hz, for echoes that cannot tell the
-    field from its aliases: the Laplace :func:`field_prior` is added to the cost, blocks of
-    ``coarse_block_px`` voxels choose the alias sheet, and each voxel's field starts within half the fat
-    offset of its blocks' field before the region moves.
+    With ``aliases_fit_alike``, for echoes that cannot tell the field from its aliases: the Laplace
+    :func:`field_prior` is added to the cost, blocks of ``coarse_block_px`` voxels choose the alias sheet,
+    each voxel's field starts within :data:`SHEET_WINDOW_SHARE` of the fat offset (Hz) of its blocks'
+    field, and regions may move up to :data:`ALIAS_RUNGS` rungs of the alias ladder.
     """
     penalty = _neighbour_penalty(grid, options)
-    if sheet_prior is None:
+    if not aliases_fit_alike:
         return _regularised_labels(volume, weights, shifts, options, penalty)
     xp = array_module(volume)
-    imaging_frequency_hz, fat_offset_hz = sheet_prior
     values = xp.asarray(grid.values_hz)
-    # The aliases form a ladder at multiples of the fat offset: regions may also move two rungs.
-    shifts = (*shifts, *(2 * shift for shift in shifts))
+    shifts = tuple(rung * shift for rung in range(1, ALIAS_RUNGS + 1) for shift in shifts)
     volume = volume + xp.asarray(
         field_prior(grid, imaging_frequency_hz, options.field_prior_scale_ppm), dtype=volume.dtype
     )
@@ -729,13 +749,19 @@ def _choose_labels(
     coarse, coarse_weights = coarsen(volume, weights, block, max(penalty["free_labels"], 1), grid.periodic)
     # No cap between blocks: a block across an air gap has a low weight already, and inside tissue the
     # field is continuous (a capped jump let a region of a smooth ramp drop onto an alias nearer 0 Hz).
+    # The largest possible change stands for "no cap": an infinite one would make 0 · inf in aggregate.
     between_blocks = _neighbour_penalty(grid, options, block)
     between_blocks["max_penalty"] = between_blocks["penalty_per_label"] * grid.values_hz.size
     coarse_labels = _regularised_labels(coarse, coarse_weights, shifts, options, between_blocks)
     rows, cols = volume.shape[1:3]
-    centre = ndimage_module(xp).zoom(values[coarse_labels], (1, block, block), order=1, mode="nearest")
-    off_sheet = xp.abs(values - centre[:, :rows, :cols, None]) > fat_offset_hz / 2
-    start = volume + OFF_SHEET_COST * off_sheet.astype(volume.dtype)
+    # grid_mode maps block centres onto the centres of their voxels.
+    centre = ndimage_module(xp).zoom(
+        values[coarse_labels], (1, block, block), order=1, mode="nearest", grid_mode=True
+    )
+    off_sheet = xp.abs(values - centre[:, :rows, :cols, None]) > SHEET_WINDOW_SHARE * fat_offset_hz
+    # Above any voxel's cost plus the capped neighbour penalty: no path through an off-sheet label wins.
+    off_sheet_cost = float(volume.max()) + penalty["max_penalty"] + 1
+    start = volume + off_sheet_cost * off_sheet.astype(volume.dtype)
     return _regularised_labels(volume, weights, shifts, options, penalty, start_volume=start)
 
 
@@ -803,10 +829,16 @@ def fit_fatwater(
     weights = xp.clip(norm / bright, 0, 1).reshape(planes.shape[:-1]) ** options.weight_power
     shifts = alias_shifts(spectrum, imaging_frequency_hz, grid)
     # Three echoes at non-uniform spacing fit the field and its aliases alike: a prior and blocks choose.
-    ambiguous = not grid.periodic and _degrees_of_freedom(te.size) <= 0
-    sheet_prior = (imaging_frequency_hz, main_fat_offset_hz(spectrum, imaging_frequency_hz))
+    aliases_fit_alike = not grid.periodic and _degrees_of_freedom(te.size) <= 0
     labels = _choose_labels(
-        volume, weights, grid, shifts, options, sheet_prior=sheet_prior if ambiguous else None
+        volume,
+        weights,
+        grid,
+        shifts,
+        options,
+        imaging_frequency_hz=imaging_frequency_hz,
+        fat_offset_hz=main_fat_offset_hz(spectrum, imaging_frequency_hz),
+        aliases_fit_alike=aliases_fit_alike,
     ).reshape(-1)
     field0 = xp.asarray(grid.values_hz)[labels]
     r2_0 = xp.asarray(r2_grid)[best_r2[xp.arange(labels.size), labels]]
