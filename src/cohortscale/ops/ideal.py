@@ -683,13 +683,22 @@ def field_prior(grid: FieldGrid, imaging_frequency_hz: float, scale_ppm: float) 
     return 2 * np.abs(grid.values_hz) / (scale_ppm * 1e-6 * imaging_frequency_hz)
 
 
-def _neighbour_penalty(grid: FieldGrid, options: FitOptions, block_px: int = 1) -> dict[str, Any]:
+def _neighbour_penalty(
+    grid: FieldGrid, options: FitOptions, block_px: int = 1, capped: bool = True
+) -> dict[str, Any]:
     """The neighbour penalty between voxels, or between blocks of ``block_px`` voxels a side: the change
-    between block centres spans ``block_px`` voxel steps, on each of the ``block_px`` rows that cross."""
+    between block centres spans ``block_px`` voxel steps, on each of the ``block_px`` rows that cross.
+
+    Uncapped, the cap is the penalty of the largest possible change (an infinite one would make 0 · inf
+    in :func:`cohortscale.ops.fieldmap.aggregate`).
+    """
+    penalty_per_label = options.field_penalty_per_hz * grid.step_hz * block_px
     return {
         "free_labels": round(options.free_field_step_hz * block_px / grid.step_hz),
-        "penalty_per_label": options.field_penalty_per_hz * grid.step_hz * block_px,
-        "max_penalty": options.max_field_penalty * block_px,
+        "penalty_per_label": penalty_per_label,
+        "max_penalty": options.max_field_penalty * block_px
+        if capped
+        else penalty_per_label * grid.values_hz.size,
         "periodic": grid.periodic,
     }
 
@@ -749,9 +758,7 @@ def _choose_labels(
     coarse, coarse_weights = coarsen(volume, weights, block, max(penalty["free_labels"], 1), grid.periodic)
     # No cap between blocks: a block across an air gap has a low weight already, and inside tissue the
     # field is continuous (a capped jump let a region of a smooth ramp drop onto an alias nearer 0 Hz).
-    # The largest possible change stands for "no cap": an infinite one would make 0 · inf in aggregate.
-    between_blocks = _neighbour_penalty(grid, options, block)
-    between_blocks["max_penalty"] = between_blocks["penalty_per_label"] * grid.values_hz.size
+    between_blocks = _neighbour_penalty(grid, options, block, capped=False)
     coarse_labels = _regularised_labels(coarse, coarse_weights, shifts, options, between_blocks)
     rows, cols = volume.shape[1:3]
     # grid_mode maps block centres onto the centres of their voxels.
