@@ -169,7 +169,7 @@ class FitOptions:
     three_echo_step_cycles : float
         ``field_step_cycles`` for three echoes at non-uniform spacing, whose short train makes 0.1 cycles a
         coarse step (43 Hz for 1.6/2.4/3.9 ms): re-simulated case 12 at 1.5 T (2.0/3.6/5.9 ms,
-        SNR 100) scored 9,549 with it and 9,957 with 0.05, at 1.7 times the time.
+        SNR 100) scored 9,550 with it and 9,960 with 0.05, at 1.7 times the time.
     field_prior_scale_ppm : float
         Scale of the Laplace prior on the field, ppm of the imaging frequency, for three echoes at
         non-uniform spacing. Three echoes leave no degree of freedom: the true field and a ladder of
