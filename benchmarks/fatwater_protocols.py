@@ -16,10 +16,12 @@ truth:
 
 In the same run and on the same data: our fit with its defaults; for non-uniform echo spacing, our fit
 with its field search cut to ±500 Hz in 64 labels, the range it searched before (for three echoes that
-range was then the fit's only prior on the field; uniform spacing searches one alias period). With
-``--pycsemri``, also the PyPI package ``pycsemri`` (``VARPRO_LUT`` at full resolution): it is off by
-default because on 9 of the 12 protocols it was run on its fit returned within 0.1 s with every fat
-fraction 0 (score 22 on case 17's anatomy), a failure inside the package that we did not diagnose.
+range was then the fit's only prior on the field; uniform spacing, and spacings that are whole multiples
+of one step, search one alias period). For three echoes, also our fit without the common-phase share of
+its field cost (``FitOptions.common_phase_weight`` = 0). With ``--pycsemri``, also the PyPI package
+``pycsemri`` (``VARPRO_LUT`` at full resolution): it is off by default because on 9 of the 12 protocols
+it was run on its fit returned within 0.1 s with every fat fraction 0 (score 22 on case 17's anatomy),
+a failure inside the package that we did not diagnose.
 Times are wall seconds per fit with the machine's default threads.
 
 Run from the repository root: ``python benchmarks/fatwater_protocols.py``.
@@ -53,6 +55,7 @@ PROTOCOLS = {
     "1.5 T 3 echoes non-uniform": (1.5, np.array([2.0, 3.6, 5.9]) * 1e-3),
     "1.5 T 4 echoes non-uniform": (1.5, np.array([2.0, 3.6, 5.9, 8.1]) * 1e-3),
     "1.5 T 6 echoes non-uniform": (1.5, np.array([1.5, 3.2, 5.3, 7.0, 9.2, 11.1]) * 1e-3),
+    "1.5 T 3 echoes 1.744 + 3.076·(0, 1, 3) ms (case 12's)": (1.5, 1.744e-3 + 3.076e-3 * np.array([0, 1, 3])),
     "3 T 6 echoes 1.2 + 1.0n ms": (3.0, 1.2e-3 + 1.0e-3 * np.arange(6)),
     "3 T 3 echoes 1.5 + 0.8n ms": (3.0, 1.5e-3 + 0.8e-3 * np.arange(3)),
     "3 T 4 echoes 1.22 + 0.98n ms (case 13)": (3.0, 1.22e-3 + 0.98e-3 * np.arange(4)),
@@ -60,6 +63,7 @@ PROTOCOLS = {
     "3 T 12 echoes 0.9 + 0.7n ms": (3.0, 0.9e-3 + 0.7e-3 * np.arange(12)),
     "3 T 3 echoes non-uniform": (3.0, np.array([1.6, 2.4, 3.9]) * 1e-3),
     "3 T 4 echoes non-uniform": (3.0, np.array([1.3, 2.1, 3.4, 4.6]) * 1e-3),
+    "3 T 3 echoes 1.2 + 0.8·(0, 1, 3) ms": (3.0, 1.2e-3 + 0.8e-3 * np.array([0, 1, 3])),
 }
 CASES = ("17_ISMRM", "12_ISMRM")
 MAX_R2STAR_S = 600.0
@@ -171,6 +175,10 @@ def main() -> None:
                 if not field_grid(te, FIXED_LABELS, FIXED_SEARCH_HZ, 1.0).periodic:
                     fitters[f"cohortscale, fixed ±{FIXED_SEARCH_HZ:.0f} Hz search"] = partial(
                         _ours, signal, te, frequency, fixed
+                    )
+                if te.size == 3:
+                    fitters["cohortscale, free water–fat phases"] = partial(
+                        _ours, signal, te, frequency, FitOptions(common_phase_weight=0)
                     )
                 if peer:
                     fitters[f"pycsemri {peer} S1"] = partial(_pycsemri, signal, te, frequency)

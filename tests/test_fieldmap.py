@@ -9,6 +9,7 @@ from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor
 from cohortscale.ops.fieldmap import (
     NEIGHBOUR_PAIRS,
     coarsen,
+    cost_period_hz,
     field_grid,
     field_penalty,
     flip_regions,
@@ -62,6 +63,52 @@ def test_field_grid_spans_one_alias_period_for_uniform_echoes():
     assert irregular.values_hz.size == 45
     assert irregular.values_hz[[0, -1]].tolist() == [-300.0, 300.0]
     assert irregular.step_hz == pytest.approx(300.0 / 22)
+
+
+def test_cost_repeats_when_echo_spacings_share_a_step():
+    """Echoes at 1.2, 2.0 and 3.6 ms (a uniform 0.8 ms train with its third echo left out) repeat every
+    1,250 Hz; 1.6, 2.4 and 3.9 ms share only 0.1 ms, a period (10 kHz) beyond any search."""
+    te = np.array([1.2e-3, 2.0e-3, 3.6e-3])
+    assert cost_period_hz(te, 2_554.8) == pytest.approx(1_250.0)
+    assert cost_period_hz(np.array([1.6e-3, 2.4e-3, 3.9e-3]), 2_554.8) is None
+    grid = field_grid(te, 64, 1_277.4, 10.0)
+    assert grid.periodic and grid.values_hz.size == 125 and grid.step_hz == pytest.approx(10.0)
+    # The residual itself repeats over that period, for any signal, with free or common phases.
+    rng = np.random.default_rng(4)
+    signal = rng.standard_normal((50, 3)) + 1j * rng.standard_normal((50, 3))
+    phasor = fat_phasor(te, ISMRM_6PEAK, 127.74e6)
+    for common_phase in (False, True):
+        cost, _ = varpro_cost(signal, te, phasor, np.array([37.0, 37.0 + 1_250.0]), [0.0, 80.0], common_phase)
+        assert np.allclose(cost[:, 0], cost[:, 1], rtol=1e-4)
+
+
+def test_common_phase_cost_against_a_direct_fit():
+    """The closed-form common-phase residual against real least squares over a fine grid of phases."""
+    te = np.array([1.6e-3, 2.4e-3, 3.9e-3, 5.0e-3])
+    phasor = fat_phasor(te, ISMRM_6PEAK, 127.74e6)
+    rng = np.random.default_rng(5)
+    signal = rng.standard_normal((20, te.size)) + 1j * rng.standard_normal((20, te.size))
+    field_hz, r2star_s = 55.0, 70.0
+    cost, _ = varpro_cost(signal, te, phasor, np.array([field_hz]), [r2star_s], common_phase=True)
+    design = (
+        np.stack([np.ones_like(phasor), phasor], axis=1)
+        * np.exp((2j * np.pi * field_hz - r2star_s) * te)[:, None]
+    )
+    stacked = np.concatenate([design.real, design.imag])
+    best = np.full(len(signal), np.inf)
+    for phase in np.linspace(0, np.pi, 3_601):  # real amplitudes of either sign: half a turn suffices
+        turned = signal * np.exp(-1j * phase)
+        target = np.concatenate([turned.real, turned.imag], axis=1).T
+        fitted = stacked @ np.linalg.lstsq(stacked, target, rcond=None)[0]
+        best = np.minimum(best, ((target - fitted) ** 2).sum(axis=0))
+    assert np.allclose(cost[:, 0], best, rtol=1e-4)
+    # Water and fat under one phase fit exactly; with 90° between them only the free fit does.
+    for offset, common_residual in ((0.0, 0.0), (np.pi / 2, 0.05)):
+        voxel = design @ np.array([0.7 * np.exp(0.4j), 0.3 * np.exp(0.4j + 1j * offset)])
+        free, _ = varpro_cost(voxel[None], te, phasor, np.array([field_hz]), [r2star_s])
+        common, _ = varpro_cost(voxel[None], te, phasor, np.array([field_hz]), [r2star_s], common_phase=True)
+        assert free[0, 0] < 1e-6
+        assert (common[0, 0] > common_residual) == (offset > 0)
 
 
 def test_coarsen_sums_blocks_of_the_tolerant_cost_and_averages_weights():

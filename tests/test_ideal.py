@@ -254,6 +254,32 @@ def test_three_non_uniform_echoes_choose_the_true_rung_of_the_alias_ladder(field
         FitOptions(three_echo_step_cycles=0)
 
 
+def test_three_echoes_of_a_uniform_train_with_one_left_out():
+    """1.744, 4.82 and 10.972 ms at 1.5 T (challenge case 12's train without its third echo).
+
+    The spacings are whole multiples of 3.076 ms, so the cost repeats every 325 Hz, and the field is
+    searched over that period like a uniform train's. Searched over ±639 Hz instead, with the prior
+    towards 0 Hz, 57–64 % of the voxels came out swapped (three seeds); now 96–97 % are within 0.1 of
+    the truth, the rest being the noise of R2* 250 s⁻¹ at 11 ms.
+    """
+    te = np.array([1.744e-3, 4.82e-3, 10.972e-3])
+    rows, cols = 48, 128
+    yy, xx = np.mgrid[:rows, :cols]
+    tissue = (yy >= 8) & (yy < 40)
+    b0 = 30.0 * np.cos(np.pi * yy / rows) + 150.0 * np.sin(np.pi * (xx / (cols - 1) - 0.5))
+    pdff = np.repeat([0.05, 0.3, 0.8, 0.15], cols // 4)[None, :].repeat(rows, axis=0)
+    r2star = np.repeat([40.0, 120.0, 250.0, 60.0], cols // 4)[None, :].repeat(rows, axis=0)
+    rotation = np.exp(1j * (0.5 + 0.03 * xx)) * tissue
+    signal = multiecho_signal(
+        (1 - pdff) * rotation, pdff * rotation, r2star, b0, te, ISMRM_6PEAK, FREQUENCY_HZ
+    )
+    rng = np.random.default_rng(0)
+    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 50
+    maps = fit_fatwater(signal, te, FREQUENCY_HZ)
+    assert np.mean(np.abs(maps.pdff - pdff)[tissue] < 0.1) > 0.94
+    assert np.median(np.abs(wrapped_error(maps.b0, b0, 1 / 3.076e-3))[tissue]) < 10.0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
 def test_three_non_uniform_echoes_give_the_same_maps_on_the_gpu():

@@ -27,6 +27,9 @@ from cohortscale.backend import array_module
 #: Voxels per block when building the cost volume (bounds the (voxel, label) temporaries).
 COST_BLOCK_VOXELS = 2048
 
+#: How far (cycles of the common step) echo offsets may be from whole multiples of it and still repeat.
+COMMENSURATE_TOLERANCE_CYCLES = 0.01
+
 #: The eight in-plane path directions (row step, column step) of semi-global aggregation.
 SGM_DIRECTIONS: tuple[tuple[int, int], ...] = (
     (0, 1),
@@ -70,6 +73,30 @@ class FieldGrid:
         return float(self.values_hz[1] - self.values_hz[0])
 
 
+def cost_period_hz(echo_times_s: np.ndarray, max_period_hz: float) -> float | None:
+    """Period in ψ of the VARPRO residual when the echo spacings share a common step, else None.
+
+    When every echo time is TE₁ + mₙΔ with whole mₙ (a uniform train, or one with echoes left out of
+    it), a shift of ψ by 1/Δ multiplies every echo by the same phase, so the residual repeats with
+    period 1/Δ. Δ is the largest such step whose period is at most ``max_period_hz``; each mₙ must be
+    whole to :data:`COMMENSURATE_TOLERANCE_CYCLES`.
+
+    Parameters
+    ----------
+    echo_times_s : ndarray, shape (n_echo,)
+        Increasing echo times, s.
+    max_period_hz : float
+        Longest period of interest, Hz.
+    """
+    offsets = np.asarray(echo_times_s, dtype=np.float64) - echo_times_s[0]
+    shortest = float(np.diff(offsets).min())
+    for divisions in range(1, int(max_period_hz * shortest) + 1):
+        multiples = offsets * divisions / shortest
+        if np.abs(multiples - np.round(multiples)).max() <= COMMENSURATE_TOLERANCE_CYCLES:
+            return divisions / shortest
+    return None
+
+
 def field_grid(
     echo_times_s: np.ndarray, n_labels: int, search_range_hz: float, search_step_hz: float
 ) -> FieldGrid:
@@ -77,14 +104,16 @@ def field_grid(
 
     With uniform echo spacing ΔTE the VARPRO residual is periodic in ψ with period 1/ΔTE (a shift by
     one period multiplies every echo by the same phase), so ``n_labels`` over one period hold every
-    distinct solution. Otherwise nothing repeats, and the grid spans ±``search_range_hz`` in steps of
-    at most ``search_step_hz``.
+    distinct solution. Non-uniform spacings that are whole multiples of a common step repeat too
+    (:func:`cost_period_hz`): when that period is within the search range, the grid spans one period
+    in steps of at most ``search_step_hz``. Otherwise nothing repeats that the search would reach, and
+    the grid spans ±``search_range_hz`` in steps of at most ``search_step_hz``.
 
     Parameters
     ----------
     echo_times_s : ndarray, shape (n_echo,)
     n_labels : int
-        Number of candidates over one period (uniform echo spacing).
+        Number of candidates over one period (at least, for non-uniform spacing).
     search_range_hz : float
         Half-width of the grid for non-uniform echo spacing, Hz.
     search_step_hz : float
@@ -93,12 +122,17 @@ def field_grid(
     te = np.asarray(echo_times_s, dtype=np.float64)
     spacing = np.diff(te)
     if spacing.size and np.allclose(spacing, spacing[0], rtol=1e-3):
-        period = 1.0 / spacing[0]
-        values = -period / 2 + period * np.arange(n_labels) / n_labels
-        return FieldGrid(values, periodic=True)
+        return _periodic_grid(1.0 / spacing[0], n_labels)
+    period = cost_period_hz(te, 2 * search_range_hz) if spacing.size else None
+    if period is not None:
+        return _periodic_grid(period, max(n_labels, int(np.ceil(period / search_step_hz))))
     # The tolerance keeps a range that is a whole number of steps from gaining one to round-off.
     half_steps = int(np.ceil(search_range_hz / search_step_hz - 1e-9))
     return FieldGrid(np.linspace(-search_range_hz, search_range_hz, 2 * half_steps + 1), periodic=False)
+
+
+def _periodic_grid(period_hz: float, n_labels: int) -> FieldGrid:
+    return FieldGrid(-period_hz / 2 + period_hz * np.arange(n_labels) / n_labels, periodic=True)
 
 
 def varpro_cost(
@@ -107,6 +141,7 @@ def varpro_cost(
     fat_phasor_values,
     field_hz,
     r2star_s,
+    common_phase: bool = False,
 ):
     """VARPRO residual ‖s − A(ψ, R2*) x̂‖² for every voxel and candidate, minimised over R2*.
 
@@ -120,6 +155,9 @@ def varpro_cost(
         Candidate ψ, Hz.
     r2star_s : ndarray, shape (J,)
         Candidate R2*, s⁻¹; the cost is the minimum over them.
+    common_phase : bool
+        Whether water and fat share one phase (real amplitudes times a common phasor) instead of being free
+        complex amplitudes.
 
     Returns
     -------
@@ -138,7 +176,12 @@ def varpro_cost(
         gram = basis.conj().T @ (basis * (decay**2)[:, None])
         # With (AᴴA)⁻¹ = C Cᴴ, the explained energy sᴴA(AᴴA)⁻¹Aᴴs is ‖Cᴴ Aᴴ s‖²: one matrix product
         # per voxel block gives whitened coordinates for every (R2*, ψ) candidate at once.
-        whiten = xp.linalg.cholesky(xp.linalg.inv(gram)).conj()
+        if common_phase:
+            # With Re(AᴴA)⁻¹ = L Lᵀ and u = Lᵀ Aᴴ s, real water and fat under the best common phase explain
+            # ½(‖u‖² + |Σ u²|).
+            whiten = xp.linalg.cholesky(xp.linalg.inv(gram.real)).astype(gram.dtype)
+        else:
+            whiten = xp.linalg.cholesky(xp.linalg.inv(gram)).conj()
         adjoint = (basis.conj() * decay[:, None])[:, None, :] * rotate[:, :, None]  # (n, K, 2) = Aᴴ rows
         projections.append(xp.moveaxis(adjoint @ whiten, -1, 0))  # (2, n, K)
     # Columns ordered (whitened coordinate, R2*, ψ) so each coordinate is one contiguous slab.
@@ -152,6 +195,8 @@ def varpro_cost(
         coords = (signal[block] @ project).reshape(-1, 2, n_r2, n_lab)
         first, second = coords[:, 0], coords[:, 1]
         explained = first.real**2 + first.imag**2 + second.real**2 + second.imag**2
+        if common_phase:
+            explained = 0.5 * (explained + xp.abs(first**2 + second**2))
         best[block] = explained.argmax(axis=1)
         cost[block] = energy[block, None] - explained.max(axis=1)
     return xp.maximum(cost, 0), best

@@ -7,9 +7,11 @@ The fit, for all voxels at once:
 2. a field map chosen by semi-global aggregation of that volume, which keeps the field smooth across the
    image and so picks the right one of the water–fat aliases (:func:`cohortscale.ops.fieldmap.aggregate`),
    then region-level moves to the alias wherever that lowers the field-map energy
-   (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host). Three echoes at non-uniform spacing fit
-   the field and a ladder of its aliases alike; for them a Laplace prior on the field (:func:`field_prior`)
-   and blocks of voxels (:func:`cohortscale.ops.fieldmap.coarsen`) choose the alias sheet first;
+   (:func:`cohortscale.ops.fieldmap.flip_regions`, on the host). Three echoes with free water and fat
+   phases fit the field and a ladder of its aliases alike; their cost gains a share of the residual one
+   water–fat phase leaves (``FitOptions.common_phase_weight``), and where it has no period (non-uniform
+   spacing) a Laplace prior on the field (:func:`field_prior`) and blocks of voxels
+   (:func:`cohortscale.ops.fieldmap.coarsen`) choose the alias sheet first;
 3. batched Gauss–Newton on (ψ, R2*) with the complex water and fat amplitudes projected out (variable
    projection), started from the chosen labels;
 4. for voxels with little proton signal, Gauss–Newton again, from their neighbourhood's R2* and with a
@@ -157,9 +159,10 @@ class FitOptions:
     ----------
     field_labels : int
         Candidate field-map values in the cost volume over one alias period, for uniform echo spacing
-        (non-uniform spacing steps by ``field_step_cycles``).
+        (non-uniform spacing steps by ``field_step_cycles``, over one period where the spacings are whole
+        multiples of a common step: :func:`cohortscale.ops.fieldmap.cost_period_hz`).
     field_search_ppm : float
-        Half-width of the candidate range when the echo spacing is not uniform, ppm of the imaging frequency
+        Half-width of the candidate range when the cost has no period, ppm of the imaging frequency
         (10 ppm: ±639 Hz at 1.5 T, ±1,277 Hz at 3 T). Without a period the field can only be found inside
         this range, and off-centre anatomy near air reaches ±8 ppm (challenge case 17).
     field_step_cycles : float
@@ -171,16 +174,23 @@ class FitOptions:
         coarse step (43 Hz for 1.6/2.4/3.9 ms): re-simulated case 12 at 1.5 T (2.0/3.6/5.9 ms,
         SNR 100) scored 9,550 with it and 9,960 with 0.05, at 1.7 times the time.
     field_prior_scale_ppm : float
-        Scale of the Laplace prior on the field, ppm of the imaging frequency, for three echoes at
-        non-uniform spacing. Three echoes leave no degree of freedom: the true field and a ladder of
-        aliases about the main fat peak's offset apart fit the echoes exactly, so the data cannot choose
-        between them, and a range cut where they are chosen from breaks anatomy whose field goes beyond
-        it. The scanner's centre frequency puts the bulk water on resonance, which makes the field near
+        Scale of the Laplace prior on the field, ppm of the imaging frequency, for three echoes whose
+        cost has no period (non-uniform spacing). Three echoes leave no degree of freedom: the true field
+        and a ladder of aliases about the main fat peak's offset apart fit the echoes exactly, so the data
+        cannot choose between them, and a range cut where they are chosen from breaks anatomy whose field
+        goes beyond it. The scanner's centre frequency puts the bulk water on resonance, which makes the field near
         0 the likelier one; 5 ppm leaves room for the ±8 ppm off-centre anatomy near air reaches.
     coarse_block_px : int
-        Side (pixels) of the blocks over which, for three echoes at non-uniform spacing, the alias sheet
+        Side (pixels) of the blocks over which, for three echoes whose cost has no period, the alias sheet
         is chosen first (:func:`cohortscale.ops.fieldmap.coarsen`); the voxels then pick their field
         within half the main fat peak's offset of the blocks' field, and region moves follow.
+    common_phase_weight : float
+        Share (0–1) of the extra residual that one water–fat phase leaves which is added to the cost of
+        the field candidates, for three echoes. With free complex water and fat, three echoes fit the
+        field and a ladder of its aliases alike; real water and fat share their phase at the echo-train's
+        origin, which the aliases do not: forcing one phase leaves them hundreds of noise variances more
+        residual (SNR 30, 3 T, 1.6/2.4/3.9 ms). A share well under 1 keeps a few degrees of real
+        water–fat phase difference (eddy currents, a mismatched spectrum) from outweighing the data.
     r2star_grid_s : tuple of float
         R2* values (s⁻¹) over which each candidate's cost is minimised; R2* matters for choosing the right
         alias (water with some decay can mimic fat without).
@@ -236,6 +246,7 @@ class FitOptions:
     three_echo_step_cycles: float = 0.05
     field_prior_scale_ppm: float = 5.0
     coarse_block_px: int = 4
+    common_phase_weight: float = 0.1
     r2star_grid_s: tuple[float, ...] = R2STAR_GRID_S
     free_field_step_hz: float = 15.0
     field_penalty_per_hz: float = 0.3
@@ -268,6 +279,8 @@ class FitOptions:
                 "field_search_ppm, field_step_cycles, three_echo_step_cycles and field_prior_scale_ppm must "
                 f"be > 0, got {positive} and {self.field_prior_scale_ppm}"
             )
+        if not 0 <= self.common_phase_weight <= 1:
+            raise ValueError(f"common_phase_weight must be within [0, 1], got {self.common_phase_weight}")
         if self.coarse_block_px < 1:
             raise ValueError(f"coarse_block_px must be ≥ 1, got {self.coarse_block_px}")
         if not 0 < self.background_quantile < 1:
@@ -828,6 +841,11 @@ def fit_fatwater(
     cost, best_r2 = varpro_cost(flat, te, phasor, xp.asarray(grid.values_hz), r2_grid)
     energy = (xp.abs(flat) ** 2).sum(axis=1)
     sigma2 = _noise_variance(cost.min(axis=1), energy, te.size, xp, options.background_quantile)
+    three_echoes = _degrees_of_freedom(te.size) <= 0
+    if three_echoes and options.common_phase_weight > 0:
+        # The aliases that three echoes fit alike with free water and fat phases do not fit under one phase.
+        common, _ = varpro_cost(flat, te, phasor, xp.asarray(grid.values_hz), r2_grid, common_phase=True)
+        cost += options.common_phase_weight * (common - cost)
     data = cost / sigma2
     data -= data.min(axis=1, keepdims=True)
     volume = data.reshape((*planes.shape[:-1], grid.values_hz.size))
@@ -835,8 +853,8 @@ def fit_fatwater(
     bright = float(xp.percentile(norm, options.bright_percentile))
     weights = xp.clip(norm / bright, 0, 1).reshape(planes.shape[:-1]) ** options.weight_power
     shifts = alias_shifts(spectrum, imaging_frequency_hz, grid)
-    # Three echoes at non-uniform spacing fit the field and its aliases alike: a prior and blocks choose.
-    aliases_fit_alike = not grid.periodic and _degrees_of_freedom(te.size) <= 0
+    # Without a period, three echoes search a wide range of aliases that fit alike: a prior and blocks choose.
+    aliases_fit_alike = not grid.periodic and three_echoes
     labels = _choose_labels(
         volume,
         weights,
