@@ -178,8 +178,8 @@ class FitOptions:
         cost has no period (non-uniform spacing). Three echoes leave no degree of freedom: the true field
         and a ladder of aliases about the main fat peak's offset apart fit the echoes exactly, so the data
         cannot choose between them, and a range cut where they are chosen from breaks anatomy whose field
-        goes beyond it. The scanner's centre frequency puts the bulk water on resonance, which makes the field near
-        0 the likelier one; 5 ppm leaves room for the ±8 ppm off-centre anatomy near air reaches.
+        goes beyond it. The scanner's centre frequency puts the bulk water on resonance, which makes the
+        field near 0 the likelier one; 5 ppm leaves room for the ±8 ppm off-centre anatomy near air reaches.
     coarse_block_px : int
         Side (pixels) of the blocks over which, for three echoes whose cost has no period, the alias sheet
         is chosen first (:func:`cohortscale.ops.fieldmap.coarsen`); the voxels then pick their field
