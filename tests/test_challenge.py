@@ -61,7 +61,7 @@ def test_case_12_with_its_third_echo_left_out():
 
     The spacings are whole multiples of 3.076 ms, so the cost repeats every 325 Hz and the fat offset
     (217 Hz) puts an alias every 108 Hz, which free water and fat phases fit alike. Measured: 9,433 with
-    the common-phase share of the cost, 922 without it (the whole liver on an alias), and 4,045 before the
+    the common-phase share of the cost, 922 without it (most of the liver on an alias), and 4,045 before the
     period was found (the grid then searched ±639 Hz with a prior towards 0 Hz that cannot tell 108 Hz
     apart).
     """
