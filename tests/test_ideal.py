@@ -254,6 +254,33 @@ def test_three_non_uniform_echoes_choose_the_true_rung_of_the_alias_ladder(field
         FitOptions(three_echo_step_cycles=0)
 
 
+def test_three_echoes_on_a_scanner_centred_on_fat():
+    """3 T, 1.6/2.4/3.9 ms, SNR 50: a body whose field sits 3.4 ppm off resonance (the centre frequency set
+    on fat) plus a 1 ppm ramp. Free water and fat phases fit that field and its alias near 0 Hz alike, and
+    the prior towards 0 Hz took the alias: every voxel swapped (measured at 35c2360 and here without the
+    common-phase share). Under one water–fat phase the alias leaves a residual the prior cannot outweigh:
+    every voxel within 0.1 over three seeds, against none without it.
+    """
+    te = np.array([1.6e-3, 2.4e-3, 3.9e-3])
+    frequency = 127.74e6
+    n = 96
+    yy, xx = np.mgrid[:n, :n]
+    radius = np.hypot(yy - n / 2, xx - n / 2) / (0.42 * n)
+    body = radius < 1
+    pdff = np.where(radius > 0.8, 0.9, 0.1 + 0.3 * xx / n) * body
+    b0 = 1e-6 * frequency * (3.4 + (yy / n - 0.5))
+    signal = multiecho_signal(
+        (1 - pdff) * body, pdff * body, np.full(pdff.shape, 40.0), b0, te, ISMRM_6PEAK, frequency
+    )
+    rng = np.random.default_rng(0)
+    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 50
+    within = {}
+    for weight in (FitOptions().common_phase_weight, 0.0):
+        maps = fit_fatwater(signal, te, frequency, options=FitOptions(common_phase_weight=weight))
+        within[weight] = np.mean(np.abs(maps.pdff - pdff)[body] < 0.1)
+    assert within[FitOptions().common_phase_weight] > 0.99 and within[0.0] < 0.1, within
+
+
 def test_three_echoes_of_a_uniform_train_with_one_left_out():
     """1.744, 4.82 and 10.972 ms at 1.5 T (challenge case 12's train without its third echo).
 
