@@ -88,7 +88,8 @@ def cost_period_hz(echo_times_s: np.ndarray, max_period_hz: float) -> float | No
     max_period_hz : float
         Longest period of interest, Hz.
     """
-    offsets = np.asarray(echo_times_s, dtype=np.float64) - echo_times_s[0]
+    te = np.asarray(echo_times_s, dtype=np.float64)
+    offsets = te - te[0]
     shortest = float(np.diff(offsets).min())
     for divisions in range(1, int(max_period_hz * shortest) + 1):
         multiples = offsets * divisions / shortest
