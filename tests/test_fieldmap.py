@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cohortscale.ops import fieldmap
 from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor
 from cohortscale.ops.fieldmap import (
     NEIGHBOUR_PAIRS,
@@ -33,7 +34,10 @@ def field_energy(cost, labels, weights):
     return total
 
 
-def test_varpro_cost_is_the_least_squares_residual():
+@pytest.mark.parametrize("block_bytes", [300, 2**20])
+def test_varpro_cost_is_the_least_squares_residual(block_bytes, monkeypatch):
+    # 300 bytes hold two voxels' coordinates (2 × 3 × 3 complex64 each): three blocks, the last one short.
+    monkeypatch.setitem(fieldmap.COST_BLOCK_BYTES, "cpu", block_bytes)
     rng = np.random.default_rng(0)
     te = np.array([1.2e-3, 3.2e-3, 5.2e-3, 7.2e-3, 9.2e-3, 11.2e-3])
     phasor = fat_phasor(te, ISMRM_6PEAK, FREQUENCY_HZ)
@@ -146,6 +150,29 @@ def two_basin_cost(truth, shift, n_labels, truth_cost, alias_cost):
     cost[index[0], index[1], truth % n_labels] = truth_cost
     cost[index[0], index[1], (truth + shift) % n_labels] = alias_cost
     return cost
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_best_nearby_label_is_the_lowest_cost_in_its_window(periodic):
+    rng = np.random.default_rng(3)
+    n_labels, window = 12, 2
+    # Few distinct values, so that ties occur: the lowest offset wins them.
+    cost = rng.integers(0, 4, size=(400, n_labels)).astype(np.float32)
+    centre = rng.integers(-2 * n_labels, 3 * n_labels, size=400)
+    label, value = fieldmap._best_nearby(
+        fieldmap._nearby_minima(cost, window, periodic), centre, window, periodic
+    )
+    for v in range(cost.shape[0]):
+        candidates = centre[v] + np.arange(-window, window + 1)
+        if periodic:
+            candidates %= n_labels
+        candidates = candidates[(candidates >= 0) & (candidates < n_labels)]
+        if candidates.size == 0:  # the window is off the grid
+            assert value[v] == np.inf
+            assert label[v] == np.clip(centre[v] - window, 0, n_labels - 1)
+            continue
+        first_lowest = candidates[np.argmin(cost[v, candidates])]
+        assert (label[v], value[v]) == (first_lowest, cost[v, first_lowest])
 
 
 @pytest.mark.parametrize("periodic", [True, False])

@@ -368,26 +368,36 @@ def fat_fraction(water, fat, clip: bool = True):
     return xp.clip(fraction, 0.0, 1.0) if clip else fraction
 
 
-def _least_squares(design, vectors):
-    """Per-voxel least-squares coefficients (V, 2) of ``vectors`` (V, n) on the columns of ``design``.
+def _decay_phasors(te, field_hz, r2star_s):
+    """``exp((i 2π ψ − R2*) t)`` per voxel and echo (V, n): the model matrix of a voxel is this times the
+    water and fat columns of the basis, ``A_v = diag(e_v) B``."""
+    xp = array_module(te)
+    return xp.exp(field_hz[:, None] * (2j * xp.pi * te) - r2star_s[:, None] * te)
 
-    ``design`` is (V, n, 2); the 2×2 normal equations are solved in closed form (faster than a batched
-    solver for such tiny systems).
+
+def _least_squares(phasors, basis, vectors):
+    """Per-voxel least-squares coefficients (V, 2) of ``vectors`` (V, n) on the model ``diag(e_v) B``.
+
+    With that factorisation the 2×2 normal equations are two small matrix products, ``AᴴA = Σ_n |e|² b̄ bᵀ``
+    and ``Aᴴv = (ē v) B̄``, solved in closed form (faster than a batched solver for such tiny systems).
     """
     xp = array_module(vectors)
-    gram = xp.einsum("vnm,vnl->vml", design.conj(), design)
-    rhs = xp.einsum("vnm,vn->vm", design.conj(), vectors)
-    det = gram[:, 0, 0] * gram[:, 1, 1] - gram[:, 0, 1] * gram[:, 1, 0]
+    outer = (basis.conj()[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], 4)
+    g00, g01, g10, g11 = ((phasors.real**2 + phasors.imag**2) @ outer).T
+    r0, r1 = ((phasors.conj() * vectors) @ basis.conj()).T
+    det = g00 * g11 - g01 * g10
     det = xp.where(xp.abs(det) > 0, det, 1)
-    first = (gram[:, 1, 1] * rhs[:, 0] - gram[:, 0, 1] * rhs[:, 1]) / det
-    second = (gram[:, 0, 0] * rhs[:, 1] - gram[:, 1, 0] * rhs[:, 0]) / det
-    return xp.stack([first, second], axis=1)
+    return xp.stack([(g11 * r0 - g01 * r1) / det, (g00 * r1 - g10 * r0) / det], axis=1)
 
 
-def _project_out(vectors, design):
-    """``(I − A A⁺) v`` per voxel: the part of ``vectors`` (V, n) the design (V, n, 2) cannot explain."""
-    xp = array_module(vectors)
-    return vectors - xp.einsum("vnm,vm->vn", design, _least_squares(design, vectors))
+def _model(phasors, basis, amplitudes):
+    """The signal (V, n) of water and fat ``amplitudes`` (V, 2) under ``diag(e_v) B``."""
+    return phasors * (amplitudes @ basis.T)
+
+
+def _project_out(vectors, phasors, basis):
+    """``(I − A A⁺) v`` per voxel: the part of ``vectors`` (V, n) the model cannot explain."""
+    return vectors - _model(phasors, basis, _least_squares(phasors, basis, vectors))
 
 
 def _gauss_newton_terms(signal, te, basis, field_hz, r2star_s):
@@ -397,11 +407,11 @@ def _gauss_newton_terms(signal, te, basis, field_hz, r2star_s):
     with the complex water and fat ``x̂`` projected out; ``te`` is a float64 array of the backend.
     """
     xp = array_module(signal)
-    design = _design(te, basis, field_hz, r2star_s)
-    model = xp.einsum("vnm,vm->vn", design, _least_squares(design, signal))
+    phasors = _decay_phasors(te, field_hz, r2star_s)
+    model = _model(phasors, basis, _least_squares(phasors, basis, signal))
     residual = signal - model
-    jac_field = -_project_out(2j * xp.pi * te * model, design)
-    jac_r2 = -_project_out(-te * model, design)
+    jac_field = -_project_out(2j * xp.pi * te * model, phasors, basis)
+    jac_r2 = -_project_out(-te * model, phasors, basis)
     return (
         (xp.abs(jac_field) ** 2).sum(axis=1),
         (xp.abs(jac_r2) ** 2).sum(axis=1),
@@ -463,18 +473,12 @@ def refine(
     return (field_hz, r2star_s, *amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s))
 
 
-def _design(te, basis, field_hz, r2star_s):
-    """Per-voxel model matrices (V, n, 2): the water and fat columns, rotated by ψ and decayed by R2*."""
-    xp = array_module(te)
-    return xp.exp(field_hz[:, None] * (2j * xp.pi * te) - r2star_s[:, None] * te)[:, :, None] * basis
-
-
 def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     """Least-squares water and fat (V, 2) for given ψ and R2* (V,), and the residual norm (V,)."""
     xp = array_module(signal)
-    design = _design(xp.asarray(echo_times_s, dtype=xp.float64), basis, field_hz, r2star_s)
-    amplitudes = _least_squares(design, signal)
-    residual = xp.sqrt((xp.abs(signal - xp.einsum("vnm,vm->vn", design, amplitudes)) ** 2).sum(axis=1))
+    phasors = _decay_phasors(xp.asarray(echo_times_s, dtype=xp.float64), field_hz, r2star_s)
+    amplitudes = _least_squares(phasors, basis, signal)
+    residual = xp.sqrt((xp.abs(signal - _model(phasors, basis, amplitudes)) ** 2).sum(axis=1))
     return amplitudes, residual
 
 
