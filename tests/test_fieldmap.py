@@ -45,6 +45,8 @@ def test_varpro_cost_is_the_least_squares_residual(block_bytes, monkeypatch):
     field = np.array([-120.0, 0.0, 75.0])
     r2star = np.array([0.0, 50.0, 400.0])
     cost, best = varpro_cost(signal, te, phasor, field, r2star)
+    alone, no_best = varpro_cost(signal, te, phasor, field, r2star, with_best=False)
+    assert no_best is None and np.array_equal(alone, cost)
     for v in range(signal.shape[0]):
         for k, psi in enumerate(field):
             residuals = []

@@ -146,6 +146,7 @@ def varpro_cost(
     field_hz,
     r2star_s,
     common_phase: bool = False,
+    with_best: bool = True,
 ):
     """VARPRO residual ‖s − A(ψ, R2*) x̂‖² for every voxel and candidate, minimised over R2*.
 
@@ -162,13 +163,16 @@ def varpro_cost(
     common_phase : bool
         Whether water and fat share one phase (real amplitudes times a common phasor) instead of being free
         complex amplitudes.
+    with_best : bool
+        Whether to return the minimising R2* (its search over the R2* axis costs a quarter to a third of the
+        call's time).
 
     Returns
     -------
     cost : ndarray, float32, shape (V, K)
         Residual energy (signal units squared).
-    best_r2star : ndarray, int8, shape (V, K)
-        Index into ``r2star_s`` of the minimising R2*.
+    best_r2star : ndarray, int8, shape (V, K), or None
+        Index into ``r2star_s`` of the minimising R2* (None without ``with_best``).
     """
     xp = array_module(signal)
     te = xp.asarray(echo_times_s, dtype=xp.float64)
@@ -193,7 +197,7 @@ def varpro_cost(
     n_vox, n_r2, n_lab = signal.shape[0], len(r2star_s), len(field_hz)
     energy = (xp.abs(signal) ** 2).sum(axis=1).astype(xp.float32)
     cost = xp.empty((n_vox, n_lab), dtype=xp.float32)
-    best = xp.empty((n_vox, n_lab), dtype=xp.int8)
+    best = xp.empty((n_vox, n_lab), dtype=xp.int8) if with_best else None
     block_bytes = COST_BLOCK_BYTES["cpu" if xp is np else "gpu"]
     block_voxels = max(1, block_bytes // (project.shape[1] * project.itemsize))
     for start in range(0, n_vox, block_voxels):
@@ -203,7 +207,8 @@ def varpro_cost(
         explained = first.real**2 + first.imag**2 + second.real**2 + second.imag**2
         if common_phase:
             explained = 0.5 * (explained + xp.abs(first**2 + second**2))
-        best[block] = explained.argmax(axis=1)
+        if with_best:
+            best[block] = explained.argmax(axis=1)
         cost[block] = energy[block, None] - explained.max(axis=1)
     return xp.maximum(cost, 0), best
 

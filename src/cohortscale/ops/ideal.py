@@ -850,7 +850,7 @@ def fit_fatwater(
     three_echoes = _degrees_of_freedom(te.size) <= 0
     if three_echoes and options.common_phase_weight > 0:
         # The aliases that three echoes fit alike with free water and fat phases do not fit under one phase.
-        common, _ = varpro_cost(flat, te, phasor, candidates_hz, r2_grid, common_phase=True)
+        common, _ = varpro_cost(flat, te, phasor, candidates_hz, r2_grid, common_phase=True, with_best=False)
         cost += options.common_phase_weight * (common - cost)
     data = cost / sigma2
     data -= data.min(axis=1, keepdims=True)
