@@ -155,6 +155,17 @@ def two_basin_cost(truth, shift, n_labels, truth_cost, alias_cost):
 
 
 @pytest.mark.parametrize("periodic", [True, False])
+@pytest.mark.parametrize("shift", [1, 5, -1, -7, 11, -11])
+def test_label_shift_is_a_roll_that_fills_with_inf_off_the_period(shift, periodic):
+    values = np.arange(2 * 3 * 12, dtype=np.float32).reshape(2, 3, 12)
+    expected = np.roll(values, shift, axis=-1)
+    if not periodic:
+        vacated = slice(None, shift) if shift > 0 else slice(shift, None)
+        expected[..., vacated] = np.inf
+    assert np.array_equal(fieldmap._roll_labels(values, shift, periodic, np), expected)
+
+
+@pytest.mark.parametrize("periodic", [True, False])
 def test_best_nearby_label_is_the_lowest_cost_in_its_window(periodic):
     rng = np.random.default_rng(3)
     n_labels, window = 12, 2
