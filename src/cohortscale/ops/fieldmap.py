@@ -386,55 +386,32 @@ def _neighbour_pairs(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np
     return np.concatenate(first), np.concatenate(second), np.concatenate(weight)
 
 
-def _nearby_minima(cost: np.ndarray, window: int, periodic: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per voxel and centre label, the label of lowest cost within ±``window`` of the centre and that cost.
-
-    Centres run over the grid's labels (periodic) or from ``−window`` to ``K − 1 + window``, the centres
-    with a label of the grid in their window; ties go to the lowest offset. Tabulated once, a region
-    move's best labels are a lookup (:func:`_best_nearby`) instead of a search per move.
-    """
-    n_vox, n_labels = cost.shape
-    pad = 0 if periodic else window
-    n_centres = n_labels + 2 * pad
-    # Candidates of centre j are columns j … j + 2·window of the cost padded by window + pad each side.
-    if periodic:
-        padded = np.concatenate([cost[:, n_labels - window :], cost, cost[:, :window]], axis=1)
-    else:
-        padded = np.full((n_vox, n_labels + 4 * window), np.inf, dtype=cost.dtype)
-        padded[:, 2 * window : 2 * window + n_labels] = cost
-    centres = np.arange(n_centres) - pad
-    best_cost = np.full((n_vox, n_centres), np.inf, dtype=cost.dtype)
-    best_label = np.broadcast_to(np.clip(centres - window, 0, n_labels - 1), best_cost.shape).copy()
-    for offset in range(-window, window + 1):
-        candidate = centres + offset
-        if periodic:
-            candidate %= n_labels
-        values = padded[:, window + offset : window + offset + n_centres]
-        better = values < best_cost
-        np.copyto(best_cost, values, where=better)
-        np.copyto(best_label, np.broadcast_to(candidate, best_label.shape), where=better)
-    return best_label, best_cost
-
-
-def _best_nearby(minima: tuple[np.ndarray, np.ndarray], centre: np.ndarray, window: int, periodic: bool):
+def _best_nearby(cost: np.ndarray, centre: np.ndarray, window: int, periodic: bool, voxels=None):
     """Per voxel, the label of lowest cost within ±``window`` of ``centre`` and that cost.
 
-    ``minima`` is :func:`_nearby_minima` of the cost. A window off the grid has cost +inf and its label is
-    clipped onto the grid.
+    ``voxels`` (default all) are the rows of ``cost`` (V, K) that ``centre`` belongs to. Ties go to the
+    lowest offset; a window off the grid has cost +inf and its label is clipped onto the grid.
     """
-    best_label, best_cost = minima
-    n_vox, n_centres = best_cost.shape
+    n_labels = cost.shape[1]
+    voxels = np.arange(cost.shape[0]) if voxels is None else voxels
+    candidates = centre[:, None] + np.arange(-window, window + 1)
     if periodic:
-        index = centre % n_centres
-        off_grid = np.zeros(n_vox, dtype=bool)
-    else:
-        index = centre + window
-        off_grid = (index < 0) | (index >= n_centres)
-        index = np.clip(index, 0, n_centres - 1)
-    entry = np.arange(n_vox) * n_centres + index  # flat indices: a 1-D take beats 2-D fancy indexing
-    n_labels = n_centres - (0 if periodic else 2 * window)
-    label = np.where(off_grid, np.clip(centre - window, 0, n_labels - 1), best_label.ravel().take(entry))
-    return label, np.where(off_grid, np.inf, best_cost.ravel().take(entry))
+        candidates %= n_labels
+    inside = (candidates >= 0) & (candidates < n_labels)
+    # Flat indices: a 1-D take beats 2-D fancy indexing.
+    entry = voxels[:, None] * n_labels + np.clip(candidates, 0, n_labels - 1)
+    values = np.where(inside, cost.ravel().take(entry), np.inf)
+    best = values.argmin(axis=1)
+    rows = np.arange(voxels.size)
+    return np.clip(candidates[rows, best], 0, n_labels - 1), values[rows, best]
+
+
+def _with_neighbours(regions: np.ndarray, first_region: np.ndarray, second_region: np.ndarray) -> np.ndarray:
+    """``regions`` (a mask over regions) and every region that shares a neighbour pair with one of them."""
+    grown = regions.copy()
+    grown[second_region[regions[first_region]]] = True
+    grown[first_region[regions[second_region]]] = True
+    return grown
 
 
 def flip_regions(
@@ -495,12 +472,16 @@ def flip_regions(
     differences = np.arange(-(n_labels - 1), n_labels)
     table = field_penalty(differences, n_labels, periodic, free_labels, penalty_per_label, max_penalty)
 
-    def penalty(first_labels, second_labels):
-        return pair_weight * table[first_labels - second_labels + n_labels - 1]
+    def penalty(first_labels, second_labels, pairs):
+        return pair_weight[pairs] * table[first_labels - second_labels + n_labels - 1]
 
     window = max(free_labels, 1)
-    minima = _nearby_minima(flat_cost, window, periodic)
-    current, current_cost = _best_nearby(minima, labels.ravel(), window, periodic)
+    current, current_cost = _best_nearby(flat_cost, labels.ravel(), window, periodic)
+    # A region's best move depends only on its voxels and their neighbours: after the first round only
+    # regions touching (``fresh``) or next to (``judged``) what moved last round are scored again; the
+    # others keep their voxels' record of the region's best gain and move (and were not chosen).
+    record_gain, record_move = np.zeros(n_vox), np.full(n_vox, -1)
+    moved_voxels = None
     for _ in range(max_rounds):
         change = np.abs(current[first] - current[second])
         if periodic:
@@ -510,37 +491,64 @@ def flip_regions(
             (np.ones(int(linked.sum())), (first[linked], second[linked])), shape=(n_vox, n_vox)
         )
         n_regions, region = connected_components(adjacency, directed=False)
-        size = np.bincount(region, minlength=n_regions)
-        inside = region[first] == region[second]
-        before = penalty(current[first], current[second])
+        first_region, second_region = region[first], region[second]
+        if moved_voxels is None:
+            fresh = judged = np.ones(n_regions, dtype=bool)
+        else:
+            touched = np.zeros(n_regions, dtype=bool)
+            touched[region[moved_voxels]] = True
+            fresh = _with_neighbours(touched, first_region, second_region)
+            judged = _with_neighbours(fresh, first_region, second_region)
         best_gain = np.zeros(n_regions)
         best_move = np.full(n_regions, -1)
-        moved = []
+        best_gain[region], best_move[region] = record_gain, record_move
+        best_gain[fresh], best_move[fresh] = 0.0, -1
+        voxels = np.flatnonzero(fresh[region])
+        pairs = np.flatnonzero(fresh[first_region] | fresh[second_region])
+        p_first, p_second = first[pairs], second[pairs]
+        p_first_region, p_second_region = first_region[pairs], second_region[pairs]
+        inside = p_first_region == p_second_region
+        before = penalty(current[p_first], current[p_second], pairs)
+        # The voxels whose targets the gains read: the scored regions' voxels and their pairs' far ends.
+        read = np.zeros(n_vox, dtype=bool)
+        read[voxels] = read[p_first] = read[p_second] = True
+        ends = np.flatnonzero(read)
+        size = np.bincount(region, minlength=n_regions)
         for move, shift in enumerate(shifts):
-            target, target_cost = _best_nearby(minima, current + shift, window, periodic)
-            moved.append(target)
+            target, target_cost = current.copy(), current_cost.copy()
+            target[ends], target_cost[ends] = _best_nearby(
+                flat_cost, current[ends] + shift, window, periodic, ends
+            )
             gain = np.bincount(
-                region, weights=np.minimum(target_cost - current_cost, 1e30), minlength=n_regions
+                region[voxels],
+                weights=np.minimum(target_cost[voxels] - current_cost[voxels], 1e30),
+                minlength=n_regions,
             )
             # A pair inside a region moves with it; across regions, either side moves alone.
-            first_moves = penalty(target[first], np.where(inside, target[second], current[second])) - before
-            second_moves = penalty(current[first], target[second]) - before
-            gain += np.bincount(region[first], weights=first_moves, minlength=n_regions)
-            gain += np.bincount(region[second][~inside], weights=second_moves[~inside], minlength=n_regions)
-            better = gain < best_gain
+            first_moves = (
+                penalty(target[p_first], np.where(inside, target[p_second], current[p_second]), pairs)
+                - before
+            )
+            second_moves = penalty(current[p_first], target[p_second], pairs) - before
+            gain += np.bincount(p_first_region, weights=first_moves, minlength=n_regions)
+            gain += np.bincount(p_second_region[~inside], weights=second_moves[~inside], minlength=n_regions)
+            better = fresh & (gain < best_gain)
             best_gain[better] = gain[better]
             best_move[better] = move
+        record_gain, record_move = best_gain[region], best_move[region]
         priority = np.where(best_move >= 0, best_gain / size, np.inf)
         # Apply a move only where no neighbouring region has a better one this round.
-        across_first, across_second = region[first][~inside], region[second][~inside]
+        across = (first_region != second_region) & (judged[first_region] | judged[second_region])
+        across_first, across_second = first_region[across], second_region[across]
         neighbour_best = np.full(n_regions, np.inf)
         np.minimum.at(neighbour_best, across_first, priority[across_second])
         np.minimum.at(neighbour_best, across_second, priority[across_first])
-        chosen = np.isfinite(priority) & (priority < neighbour_best)
+        chosen = judged & np.isfinite(priority) & (priority < neighbour_best)
         if not chosen.any():
             break
-        for move in range(len(shifts)):
-            voxels = chosen[region] & (best_move[region] == move)
-            current[voxels] = moved[move][voxels]
-        current_cost = flat_cost[np.arange(n_vox), current]
+        moved_voxels = np.flatnonzero(chosen[region])
+        for move, shift in enumerate(shifts):
+            voxels = moved_voxels[best_move[region[moved_voxels]] == move]
+            current[voxels] = _best_nearby(flat_cost, current[voxels] + shift, window, periodic, voxels)[0]
+        current_cost[moved_voxels] = flat_cost[moved_voxels, current[moved_voxels]]
     return current.reshape(n_rows, n_cols)
