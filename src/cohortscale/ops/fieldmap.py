@@ -482,6 +482,8 @@ def flip_regions(
     # others keep their voxels' record of the region's best gain and move (and were not chosen).
     record_gain, record_move = np.zeros(n_vox), np.full(n_vox, -1)
     moved_voxels = None
+    # Each voxel's target under every move depends only on its own label: kept, and updated as it moves.
+    targets = [_best_nearby(flat_cost, current + shift, window, periodic) for shift in shifts]
     for _ in range(max_rounds):
         change = np.abs(current[first] - current[second])
         if periodic:
@@ -509,16 +511,8 @@ def flip_regions(
         p_first_region, p_second_region = first_region[pairs], second_region[pairs]
         inside = p_first_region == p_second_region
         before = penalty(current[p_first], current[p_second], pairs)
-        # The voxels whose targets the gains read: the scored regions' voxels and their pairs' far ends.
-        read = np.zeros(n_vox, dtype=bool)
-        read[voxels] = read[p_first] = read[p_second] = True
-        ends = np.flatnonzero(read)
         size = np.bincount(region, minlength=n_regions)
-        for move, shift in enumerate(shifts):
-            target, target_cost = current.copy(), current_cost.copy()
-            target[ends], target_cost[ends] = _best_nearby(
-                flat_cost, current[ends] + shift, window, periodic, ends
-            )
+        for move, (target, target_cost) in enumerate(targets):
             gain = np.bincount(
                 region[voxels],
                 weights=np.minimum(target_cost[voxels] - current_cost[voxels], 1e30),
@@ -547,8 +541,12 @@ def flip_regions(
         if not chosen.any():
             break
         moved_voxels = np.flatnonzero(chosen[region])
-        for move, shift in enumerate(shifts):
+        for move, (target, _) in enumerate(targets):
             voxels = moved_voxels[best_move[region[moved_voxels]] == move]
-            current[voxels] = _best_nearby(flat_cost, current[voxels] + shift, window, periodic, voxels)[0]
+            current[voxels] = target[voxels]
         current_cost[moved_voxels] = flat_cost[moved_voxels, current[moved_voxels]]
+        for shift, (target, target_cost) in zip(shifts, targets, strict=True):
+            target[moved_voxels], target_cost[moved_voxels] = _best_nearby(
+                flat_cost, current[moved_voxels] + shift, window, periodic, moved_voxels
+            )
     return current.reshape(n_rows, n_cols)
