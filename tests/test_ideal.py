@@ -281,6 +281,28 @@ def test_three_echoes_on_a_scanner_centred_on_fat():
     assert within[FitOptions().common_phase_weight] > 0.99 and within[0.0] < 0.1, within
 
 
+def test_three_echoes_in_an_image_without_background():
+    """3 T, 1.6/2.4/3.9 ms, SNR 50, tissue in every voxel (four tissues, R2* 40–250 s⁻¹, a ±150 Hz ramp).
+
+    With no air, the darkest voxels are tissue and the background's noise floor comes out 1,000 times
+    the truth: 5–6 % of the voxels missed by more than 0.1 over three seeds (at 8a62a21), against none
+    with air above and below. The common-phase residual caps the floor: every voxel within 0.1, as with air.
+    """
+    te = np.array([1.6e-3, 2.4e-3, 3.9e-3])
+    frequency = 127.74e6
+    rows, cols = 48, 128
+    yy, xx = np.mgrid[:rows, :cols]
+    b0 = 60.0 * np.cos(np.pi * yy / rows) + 150.0 * np.sin(np.pi * (xx / (cols - 1) - 0.5))
+    pdff = np.repeat([0.05, 0.3, 0.8, 0.15], cols // 4)[None, :].repeat(rows, axis=0)
+    r2star = np.repeat([40.0, 120.0, 250.0, 60.0], cols // 4)[None, :].repeat(rows, axis=0)
+    rotation = np.exp(1j * (0.5 + 0.03 * xx))
+    signal = multiecho_signal((1 - pdff) * rotation, pdff * rotation, r2star, b0, te, ISMRM_6PEAK, frequency)
+    rng = np.random.default_rng(0)
+    signal = signal + (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)) / 50
+    maps = fit_fatwater(signal, te, frequency)
+    assert np.mean(np.abs(maps.pdff - pdff) < 0.1) > 0.99
+
+
 def test_three_echoes_of_a_uniform_train_with_one_left_out():
     """1.744, 4.82 and 10.972 ms at 1.5 T (challenge case 12's train without its third echo).
 
@@ -366,6 +388,12 @@ def test_three_echo_noise_variance_has_the_background_as_floor():
     floor = background_noise_variance(energy, te.size, options.background_quantile)
     assert floor == pytest.approx(high_by * sigma**2, rel=0.1)
     assert _noise_variance(cost.min(axis=1), energy, te.size, np, options.background_quantile) == floor
+    # With air in the image, water and fat under one phase leave more residual than the floor: no cap.
+    common, _ = varpro_cost(flat, te, phasor, grid.values_hz, np.asarray(options.r2star_grid_s), True)
+    capped = _noise_variance(
+        cost.min(axis=1), energy, te.size, np, options.background_quantile, common.min(axis=1)
+    )
+    assert capped == floor
     with pytest.raises(ValueError, match="background_quantile"):
         FitOptions(background_quantile=1.0)
 
