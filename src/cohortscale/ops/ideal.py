@@ -383,7 +383,8 @@ def _least_squares(phasors, basis, vectors):
     """
     xp = array_module(vectors)
     outer = (basis.conj()[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], 4)
-    g00, g01, g10, g11 = ((phasors.real**2 + phasors.imag**2) @ outer).T
+    # Cast explicitly: NumPy promotes float @ complex itself, a GPU backend need not.
+    g00, g01, g10, g11 = ((phasors.real**2 + phasors.imag**2).astype(outer.dtype) @ outer).T
     r0, r1 = ((phasors.conj() * vectors) @ basis.conj()).T
     det = g00 * g11 - g01 * g10
     det = xp.where(xp.abs(det) > 0, det, 1)
