@@ -26,8 +26,8 @@ from cohortscale.backend import array_module
 
 #: Bytes of whitened coordinates per voxel block when building the cost volume, by backend. On a CPU the
 #: block's element-wise work runs at cache speed when it fits in a core's cache: 2 MiB halved the cost
-#: volume's time against 32 MiB on challenge cases 12 and 17 (2-core EPYC). A GPU needs large blocks to
-#: fill its cores.
+#: volume's time on challenge cases 12 and 17 against blocks of 2,048 voxels (31 MiB at 64 field labels;
+#: 2-core EPYC), and 1–4 MiB was fastest on three protocols. A GPU needs large blocks to fill its cores.
 COST_BLOCK_BYTES = {"cpu": 2 * 2**20, "gpu": 256 * 2**20}
 
 #: How far (cycles of the common step) echo offsets may be from whole multiples of it and still repeat.
@@ -542,8 +542,8 @@ def flip_regions(
             break
         moved_voxels = np.flatnonzero(chosen[region])
         for move, (target, _) in enumerate(targets):
-            voxels = moved_voxels[best_move[region[moved_voxels]] == move]
-            current[voxels] = target[voxels]
+            moving = moved_voxels[best_move[region[moved_voxels]] == move]
+            current[moving] = target[moving]
         current_cost[moved_voxels] = flat_cost[moved_voxels, current[moved_voxels]]
         for shift, (target, target_cost) in zip(shifts, targets, strict=True):
             target[moved_voxels], target_cost[moved_voxels] = _best_nearby(

@@ -375,30 +375,31 @@ def _decay_phasors(te, field_hz, r2star_s):
     return xp.exp(field_hz[:, None] * (2j * xp.pi * te) - r2star_s[:, None] * te)
 
 
-def _least_squares(phasors, basis, vectors):
-    """Per-voxel least-squares coefficients (V, 2) of ``vectors`` (V, n) on the model ``diag(e_v) B``.
+def _least_squares(phasors, basis):
+    """Per-voxel least squares on the model ``diag(e_v) B``: a function of ``vectors`` (V, n) returning their
+    coefficients (V, 2).
 
     With that factorisation the 2×2 normal equations are two small matrix products, ``AᴴA = Σ_n |e|² b̄ bᵀ``
-    and ``Aᴴv = (ē v) B̄``, solved in closed form (faster than a batched solver for such tiny systems).
+    and ``Aᴴv = (ē v) B̄``, solved in closed form (faster than a batched solver for such tiny systems);
+    ``AᴴA`` is formed once for all the vectors solved against the same model.
     """
-    xp = array_module(vectors)
+    xp = array_module(phasors)
     outer = (basis.conj()[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], 4)
     # Cast explicitly: NumPy promotes float @ complex itself, a GPU backend need not.
     g00, g01, g10, g11 = ((phasors.real**2 + phasors.imag**2).astype(outer.dtype) @ outer).T
-    r0, r1 = ((phasors.conj() * vectors) @ basis.conj()).T
     det = g00 * g11 - g01 * g10
     det = xp.where(xp.abs(det) > 0, det, 1)
-    return xp.stack([(g11 * r0 - g01 * r1) / det, (g00 * r1 - g10 * r0) / det], axis=1)
+
+    def solve(vectors):
+        r0, r1 = ((phasors.conj() * vectors) @ basis.conj()).T
+        return xp.stack([(g11 * r0 - g01 * r1) / det, (g00 * r1 - g10 * r0) / det], axis=1)
+
+    return solve
 
 
 def _model(phasors, basis, amplitudes):
     """The signal (V, n) of water and fat ``amplitudes`` (V, 2) under ``diag(e_v) B``."""
     return phasors * (amplitudes @ basis.T)
-
-
-def _project_out(vectors, phasors, basis):
-    """``(I − A A⁺) v`` per voxel: the part of ``vectors`` (V, n) the model cannot explain."""
-    return vectors - _model(phasors, basis, _least_squares(phasors, basis, vectors))
 
 
 def _gauss_newton_terms(signal, te, basis, field_hz, r2star_s):
@@ -409,10 +410,16 @@ def _gauss_newton_terms(signal, te, basis, field_hz, r2star_s):
     """
     xp = array_module(signal)
     phasors = _decay_phasors(te, field_hz, r2star_s)
-    model = _model(phasors, basis, _least_squares(phasors, basis, signal))
+    solve = _least_squares(phasors, basis)
+
+    def project_out(vectors):
+        """``(I − A A⁺) v`` per voxel: the part of ``vectors`` (V, n) the model cannot explain."""
+        return vectors - _model(phasors, basis, solve(vectors))
+
+    model = _model(phasors, basis, solve(signal))
     residual = signal - model
-    jac_field = -_project_out(2j * xp.pi * te * model, phasors, basis)
-    jac_r2 = -_project_out(-te * model, phasors, basis)
+    jac_field = -project_out(2j * xp.pi * te * model)
+    jac_r2 = -project_out(-te * model)
     return (
         (xp.abs(jac_field) ** 2).sum(axis=1),
         (xp.abs(jac_r2) ** 2).sum(axis=1),
@@ -478,7 +485,7 @@ def amplitudes_for(signal, echo_times_s, basis, field_hz, r2star_s):
     """Least-squares water and fat (V, 2) for given ψ and R2* (V,), and the residual norm (V,)."""
     xp = array_module(signal)
     phasors = _decay_phasors(xp.asarray(echo_times_s, dtype=xp.float64), field_hz, r2star_s)
-    amplitudes = _least_squares(phasors, basis, signal)
+    amplitudes = _least_squares(phasors, basis)(signal)
     residual = xp.sqrt((xp.abs(signal - _model(phasors, basis, amplitudes)) ** 2).sum(axis=1))
     return amplitudes, residual
 
