@@ -143,12 +143,20 @@ def quality_flags(norm, r2star, relative, options):
         carry these three thresholds).
     """
     xp = array_module(norm)
-    flags = (
-        Quality.LOW_SIGNAL * (norm < options.low_signal_fraction * xp.percentile(norm, 99))
-        + Quality.R2STAR_AT_BOUND * (r2star >= options.r2star_max_s)
-        + Quality.HIGH_RESIDUAL * (relative > options.max_relative_residual)
+    return (
+        flag_where(norm < options.low_signal_fraction * xp.percentile(norm, 99), Quality.LOW_SIGNAL)
+        | flag_where(r2star >= options.r2star_max_s, Quality.R2STAR_AT_BOUND)
+        | flag_where(relative > options.max_relative_residual, Quality.HIGH_RESIDUAL)
     )
-    return flags.astype(xp.uint8)
+
+
+def flag_where(condition, flag: Quality):
+    """``flag`` where ``condition`` holds and 0 elsewhere, as uint8 on the backend of ``condition``.
+
+    The flag enters as a NumPy scalar: CuPy's ufuncs take no enum operands.
+    """
+    xp = array_module(condition)
+    return condition.astype(xp.uint8) * np.uint8(flag)
 
 
 @dataclass(frozen=True)
@@ -336,7 +344,7 @@ def check_echo_times(echo_times_s, n_echo: int) -> np.ndarray:
         Fewer than :data:`MIN_ECHOES`, a count other than ``n_echo``, times not positive and increasing, or
         times above :data:`MAX_ECHO_TIME_S` (milliseconds passed as seconds).
     """
-    te = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
+    te = to_numpy(echo_times_s).astype(np.float64).reshape(-1)
     if te.size != n_echo:
         raise ValueError(f"{te.size} echo times for {n_echo} echoes")
     if te.size < MIN_ECHOES:
@@ -936,13 +944,13 @@ def fit_fatwater(
 
     relative = residual / xp.where(norm > 0, norm, 1)
     water, fat = amplitudes[:, 0], amplitudes[:, 1]
-    quality = quality_flags(norm, r2star, relative, options) | (Quality.NON_FINITE * missing).astype(xp.uint8)
+    quality = quality_flags(norm, r2star, relative, options) | flag_where(missing, Quality.NON_FINITE)
     # Voxels without signal are LOW_SIGNAL already; the bound is computed for the others only.
-    tissue = xp.flatnonzero((quality & Quality.LOW_SIGNAL) == 0)
+    tissue = xp.flatnonzero((quality & np.uint8(Quality.LOW_SIGNAL)) == 0)
     bound = pdff_sd_bound(
         water[tissue], fat[tissue], r2star[tissue], sigma2, te, imaging_frequency_hz, spectrum
     )
-    quality[tissue] |= (Quality.IMPRECISE * (bound > options.max_pdff_sd)).astype(xp.uint8)
+    quality[tissue] |= flag_where(bound > options.max_pdff_sd, Quality.IMPRECISE)
     maps = {
         "water": water.astype(xp.complex64),
         "fat": fat.astype(xp.complex64),

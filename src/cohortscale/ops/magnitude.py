@@ -39,7 +39,7 @@ import numpy as np
 
 from cohortscale.backend import array_module, to_numpy
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
-from cohortscale.ops.ideal import FatWaterMaps, Quality, check_echo_times, quality_flags
+from cohortscale.ops.ideal import FatWaterMaps, Quality, check_echo_times, flag_where, quality_flags
 
 #: ``√(π/2)``: the Rayleigh mean is ``σ √(π/2)``.
 SQRT_HALF_PI = math.sqrt(math.pi / 2)
@@ -716,7 +716,7 @@ def fit_magnitude(
     ambiguous = (margin < options.ambiguity_delta_chi2) & (
         xp.abs(alternative - fraction) > options.ambiguity_min_pdff
     )
-    quality |= ambiguous.astype(xp.uint8) * xp.uint8(Quality.FAT_WATER_AMBIGUOUS)
+    quality |= flag_where(ambiguous, Quality.FAT_WATER_AMBIGUOUS)
     maps = {
         "water": (rho * (1 - fraction)).astype(xp.complex64),
         "fat": (rho * fraction).astype(xp.complex64),
