@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 
 import cohortscale
+from cohortscale.backend import gpu_available
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, Python/NumPy versions of this machine."""
+    """CPU model, cores, memory, Python/NumPy versions of this machine, and its GPU where CuPy sees one."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -30,7 +31,7 @@ def machine() -> dict[str, Any]:
         )
     except (OSError, StopIteration):
         mem_kb = 0
-    return {
+    info = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 2**20, 1),
@@ -38,6 +39,13 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "cohortscale": cohortscale.__version__,
     }
+    if gpu_available():
+        import cupy
+
+        properties = cupy.cuda.runtime.getDeviceProperties(0)
+        info["gpu"] = f"{properties['name'].decode()} ({properties['totalGlobalMem'] / 2**30:.0f} GiB)"
+        info["cupy"] = cupy.__version__
+    return info
 
 
 def write_results(name: str, rows: list[dict[str, Any]], notes: str = "") -> Path:

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
 
+from cohortscale.backend import gpu_available
 from cohortscale.ops import fieldmap
 from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor
 from cohortscale.ops.fieldmap import (
     NEIGHBOUR_PAIRS,
+    SGM_DIRECTIONS,
+    aggregate,
     coarsen,
     cost_period_hz,
     field_grid,
@@ -153,6 +156,75 @@ def two_basin_cost(truth, shift, n_labels, truth_cost, alias_cost):
     cost[index[0], index[1], truth % n_labels] = truth_cost
     cost[index[0], index[1], (truth + shift) % n_labels] = alias_cost
     return cost
+
+
+def aggregate_by_definition(cost, weights, free_labels, penalty_per_label, max_penalty, periodic):
+    """Semi-global aggregation voxel by voxel, in float64: along each direction, a voxel's path cost is its
+    data cost plus the cheapest move from the previous voxel's path costs (penalty per label beyond the
+    free band, capped, times the pair's smaller weight), less the previous voxel's lowest path cost."""
+    planes, rows, cols, n_labels = cost.shape
+    distance = np.abs(np.subtract.outer(np.arange(n_labels), np.arange(n_labels)))
+    if periodic:
+        distance = np.minimum(distance, n_labels - distance)
+    jump = penalty_per_label * np.maximum(distance - free_labels, 0)  # (label, previous label)
+    total = np.zeros(cost.shape)
+    for dy, dx in SGM_DIRECTIONS:
+        path = np.zeros(cost.shape)
+        for z in range(planes):
+            for y in range(rows) if dy >= 0 else range(rows - 1, -1, -1):
+                for x in range(cols) if dx >= 0 else range(cols - 1, -1, -1):
+                    path[z, y, x] = cost[z, y, x]
+                    if 0 <= y - dy < rows and 0 <= x - dx < cols:
+                        previous = path[z, y - dy, x - dx]
+                        pair = min(weights[z, y, x], weights[z, y - dy, x - dx])
+                        moves = np.minimum(previous + pair * jump, previous.min() + pair * max_penalty)
+                        path[z, y, x] += moves.min(axis=1) - previous.min()
+        total += path
+    return total
+
+
+def aggregation_case(periodic: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cost = rng.uniform(0, 10, size=(2, 5, 7, 9)).astype(np.float32)
+    weights = rng.uniform(0, 1, size=(2, 5, 7)).astype(np.float32)
+    return (
+        cost,
+        weights,
+        {"free_labels": 1, "penalty_per_label": 1.5, "max_penalty": 4.0, "periodic": periodic},
+    )
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_aggregation_follows_its_definition(periodic):
+    cost, weights, penalty = aggregation_case(periodic)
+    expected = aggregate_by_definition(cost, weights, **penalty)
+    np.testing.assert_allclose(aggregate(cost, weights, **penalty), expected, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+@pytest.mark.parametrize(
+    "periodic, free_labels, max_penalty", [(True, 1, 4.0), (False, 1, 4.0), (True, 0, 1e4), (False, 3, 4.0)]
+)
+def test_gpu_aggregation_equals_numpy_bit_for_bit(periodic, free_labels, max_penalty):
+    """The CUDA kernel does the NumPy code's float32 operations in its order: the same volume exactly."""
+    import cupy
+
+    cost, weights, penalty = aggregation_case(periodic, seed=1)
+    penalty.update(free_labels=free_labels, max_penalty=max_penalty)
+    cost = np.concatenate([cost, cost[:, ::-1] * 3], axis=0)  # four planes, one launch each way
+    weights = np.concatenate([weights, weights[:, ::-1]], axis=0)
+    on_gpu = aggregate(cupy.asarray(cost), cupy.asarray(weights), **penalty)
+    assert isinstance(on_gpu, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(on_gpu), aggregate(cost, weights, **penalty))
+    # A plane wider than it is tall, and more labels than threads per line.
+    rng = np.random.default_rng(2)
+    wide = rng.uniform(0, 50, size=(1, 6, 40, 70)).astype(np.float32)
+    wide_weights = rng.uniform(0, 1, size=(1, 6, 40)).astype(np.float32)
+    np.testing.assert_array_equal(
+        cupy.asnumpy(aggregate(cupy.asarray(wide), cupy.asarray(wide_weights), **penalty)),
+        aggregate(wide, wide_weights, **penalty),
+    )
 
 
 @pytest.mark.parametrize("periodic", [True, False])

@@ -291,6 +291,13 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
         Sum of the path costs over the directions.
     """
     xp = array_module(cost)
+    if xp is not np and cost.dtype == weights.dtype == xp.float32:
+        # A GPU runs the walk as one kernel per direction: here each step would be a dozen launches.
+        from cohortscale.ops.aggregate_cuda import aggregate_cuda
+
+        return aggregate_cuda(
+            cost, weights, SGM_DIRECTIONS, free_labels, penalty_per_label, max_penalty, periodic
+        )
     total = xp.zeros_like(cost)
     for dy, dx in SGM_DIRECTIONS:
         # Walk along the axis with a nonzero step; lines (the other axis) are processed together.
