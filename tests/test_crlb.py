@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
+from cohortscale.backend import gpu_available
 from cohortscale.ops.crlb import PARAMETERS, crlb, signal_jacobian
 from cohortscale.ops.fatwater import ISMRM_6PEAK, NDB_9PEAK, fat_phasor, multiecho_signal
 
@@ -65,6 +66,22 @@ def test_complex_model_bounds() -> None:
     assert np.all(independent.sd_field_map_hz > common.sd_field_map_hz)
     # ...and, numerically, leaves the PDFF bound unchanged (also seen in the Monte Carlo below).
     np.testing.assert_allclose(independent.sd_pdff_fraction, common.sd_pdff_fraction, rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+@pytest.mark.parametrize("model", ["common_phase", "complex"])
+def test_cupy_bounds_equal_numpy(model: str) -> None:
+    """The fit computes each voxel's bound (IMPRECISE) where its maps are: on the GPU for CuPy arrays."""
+    import cupy
+
+    pdff, r2star = np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 400, 9))
+    cpu = crlb(TE_6, F0_1P5T, ISMRM_6PEAK, pdff, r2star, snr=20.0, model=model)
+    gpu = crlb(TE_6, F0_1P5T, ISMRM_6PEAK, cupy.asarray(pdff), cupy.asarray(r2star), snr=20.0, model=model)
+    assert isinstance(gpu.sd_pdff_fraction, cupy.ndarray)
+    for name in ("sd_pdff_fraction", "sd_r2star_per_s", "sd_field_map_hz"):
+        np.testing.assert_allclose(cupy.asnumpy(getattr(gpu, name)), getattr(cpu, name), rtol=1e-9)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.sd("r2star")), cpu.sd("r2star"), rtol=1e-9)
 
 
 def test_rejects_bad_input() -> None:

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from cohortscale.backend import array_module
 from cohortscale.ops.fatwater import FatSpectrum, fat_phasor
 
 Model = Literal["common_phase", "complex"]
@@ -79,7 +80,7 @@ class CRLB:
     def sd(self, parameter: str) -> np.ndarray:
         """Bound on the SD of one of :attr:`parameters`, in that parameter's unit."""
         k = self.parameters.index(parameter)
-        return np.sqrt(self.covariance[..., k, k])
+        return array_module(self.covariance).sqrt(self.covariance[..., k, k])
 
 
 def _check_model(model: str) -> None:
@@ -120,38 +121,43 @@ def signal_jacobian(
     Returns
     -------
     ndarray, complex128, shape (..., n_echo, P)
-        ``∂s(t_n)/∂θ_k`` with ``θ`` ordered as ``PARAMETERS[model]``.
+        ``∂s(t_n)/∂θ_k`` with ``θ`` ordered as ``PARAMETERS[model]``, on the backend (NumPy or CuPy) of
+        the amplitudes and R2*.
     """
     _check_model(model)
-    te = np.asarray(echo_times_s, dtype=np.float64)
+    xp = array_module(water, fat, r2star_s, field_map_hz)
+    te = xp.asarray(echo_times_s, dtype=xp.float64)
     water, fat, r2star_s, field_map_hz = (
-        np.asarray(a, dtype=np.float64)[..., None]
-        for a in np.broadcast_arrays(water, fat, r2star_s, field_map_hz)
+        a[..., None]
+        for a in xp.broadcast_arrays(
+            *(xp.asarray(a, dtype=xp.float64) for a in (water, fat, r2star_s, field_map_hz))
+        )
     )
-    phasor = fat_phasor(te, spectrum, imaging_frequency_hz, xp=np)
-    decay = np.exp((-r2star_s + 2j * np.pi * field_map_hz) * te)
+    phasor = fat_phasor(te, spectrum, imaging_frequency_hz, xp=xp)
+    decay = xp.exp((-r2star_s + 2j * xp.pi * field_map_hz) * te)
     signal = (water + fat * phasor) * decay
-    d_field_map = 2j * np.pi * te * signal
+    d_field_map = 2j * xp.pi * te * signal
     d_r2star = -te * signal
     if model == "common_phase":
         columns = (decay, phasor * decay, 1j * signal, d_field_map, d_r2star)
     else:
         columns = (decay, 1j * decay, phasor * decay, 1j * phasor * decay, d_field_map, d_r2star)
-    return np.stack(np.broadcast_arrays(*columns), axis=-1)
+    return xp.stack(xp.broadcast_arrays(*columns), axis=-1)
 
 
 def _pdff_gradient(water: np.ndarray, fat: np.ndarray, model: str) -> np.ndarray:
     """∂PDFF/∂θ of PDFF = |F| / (|W| + |F|) at real, non-negative W and F, shape (..., P)."""
+    xp = array_module(water)
     total2 = (water + fat) ** 2
     d_water, d_fat = -fat / total2, water / total2
-    zero = np.zeros_like(water)
+    zero = xp.zeros_like(water)
     if model == "common_phase":
         parts = (d_water, d_fat, zero, zero, zero)
     else:
         # At phase 0, |W| and |F| move with the real parts only (∂|Z|/∂Im Z = Im Z / |Z| = 0); at F = 0 this
         # is the derivative along the positive real axis.
         parts = (d_water, zero, d_fat, zero, zero, zero)
-    return np.stack(parts, axis=-1)
+    return xp.stack(parts, axis=-1)
 
 
 def _inverse(fisher: np.ndarray) -> np.ndarray:
@@ -160,9 +166,10 @@ def _inverse(fisher: np.ndarray) -> np.ndarray:
     The ψ and R2* entries are ~10⁻⁵ of the amplitude entries (t² scaling), so scale to a unit diagonal
     before inverting.
     """
-    scale = 1.0 / np.sqrt(np.diagonal(fisher, axis1=-2, axis2=-1))
+    xp = array_module(fisher)
+    scale = 1.0 / xp.sqrt(xp.diagonal(fisher, axis1=-2, axis2=-1))
     unit = fisher * scale[..., :, None] * scale[..., None, :]
-    return np.linalg.inv(unit) * scale[..., :, None] * scale[..., None, :]
+    return xp.linalg.inv(unit) * scale[..., :, None] * scale[..., None, :]
 
 
 def crlb(
@@ -208,11 +215,13 @@ def crlb(
     Returns
     -------
     CRLB
-        SD bounds with the broadcast shape of the inputs, plus the Fisher and covariance matrices.
+        SD bounds with the broadcast shape of the inputs, plus the Fisher and covariance matrices, on the
+        backend (NumPy or CuPy) of ``pdff`` and ``r2star_s``.
     """
     _check_model(model)
-    pdff = np.asarray(pdff, dtype=np.float64)
-    if np.any((pdff < 0) | (pdff > 1)):
+    xp = array_module(pdff, r2star_s, field_map_hz)
+    pdff = xp.asarray(pdff, dtype=xp.float64)
+    if bool(xp.any((pdff < 0) | (pdff > 1))):
         raise ValueError("pdff must lie in [0, 1] (a fraction, not per cent)")
     if snr <= 0:
         raise ValueError(f"snr must be positive, not {snr}")
@@ -221,20 +230,20 @@ def crlb(
         echo_times_s, imaging_frequency_hz, spectrum, water, fat, r2star_s, field_map_hz, model=model
     )
     noise_var = 1.0 / snr**2  # σ² per real/imaginary channel
-    fisher = np.einsum("...np,...nq->...pq", jac.conj(), jac).real / noise_var
+    fisher = xp.einsum("...np,...nq->...pq", jac.conj(), jac).real / noise_var
     covariance = _inverse(fisher)
     shape = fisher.shape[:-2]
-    grad = _pdff_gradient(np.broadcast_to(water, shape), np.broadcast_to(fat, shape), model)
-    var_pdff = np.einsum("...p,...pq,...q->...", grad, covariance, grad)
+    grad = _pdff_gradient(xp.broadcast_to(water, shape), xp.broadcast_to(fat, shape), model)
+    var_pdff = xp.einsum("...p,...pq,...q->...", grad, covariance, grad)
     names = PARAMETERS[model]
-    diag = np.diagonal(covariance, axis1=-2, axis2=-1)
+    diag = xp.diagonal(covariance, axis1=-2, axis2=-1)
     return CRLB(
         model=model,
         snr=float(snr),
         parameters=names,
         fisher=fisher,
         covariance=covariance,
-        sd_pdff_fraction=np.sqrt(var_pdff),
-        sd_r2star_per_s=np.sqrt(diag[..., names.index("r2star")]),
-        sd_field_map_hz=np.sqrt(diag[..., names.index("field_map")]),
+        sd_pdff_fraction=xp.sqrt(var_pdff),
+        sd_r2star_per_s=xp.sqrt(diag[..., names.index("r2star")]),
+        sd_field_map_hz=xp.sqrt(diag[..., names.index("field_map")]),
     )

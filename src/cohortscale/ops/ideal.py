@@ -510,7 +510,7 @@ def pdff_sd_bound(
     """Cramér–Rao bound on each voxel's PDFF SD at its fitted values (complex model).
 
     :func:`cohortscale.ops.crlb.crlb` at the voxel's PDFF ``|F| / (|W| + |F|)`` and R2*, divided by its SNR
-    ``(|W| + |F|) / σ``. Computed on the host (NumPy).
+    ``(|W| + |F|) / σ``, on the backend of ``water``.
 
     Parameters
     ----------
@@ -531,13 +531,12 @@ def pdff_sd_bound(
         SD bound as a fraction (0.1 = 10 points), +inf where there is no signal; on the backend of ``water``.
     """
     xp = array_module(water)
-    water, fat, r2star_s = (to_numpy(a).astype(np.float64) for a in (xp.abs(water), xp.abs(fat), r2star_s))
+    water, fat, r2star_s = (a.astype(xp.float64) for a in (xp.abs(water), xp.abs(fat), r2star_s))
     density = water + fat
-    pdff = np.divide(fat, density, out=np.zeros_like(density), where=density > 0)
+    pdff = fat / xp.where(density > 0, density, 1)
     unit = crlb(echo_times_s, imaging_frequency_hz, spectrum, pdff, r2star_s, snr=1.0, model="complex")
     snr = density / np.sqrt(noise_variance)
-    sd = np.divide(unit.sd_pdff_fraction, snr, out=np.full_like(snr, np.inf), where=snr > 0)
-    return xp.asarray(sd)
+    return xp.where(snr > 0, unit.sd_pdff_fraction / xp.where(snr > 0, snr, 1), xp.inf)
 
 
 def neighbourhood_r2star(r2star_s, window_px: int):
