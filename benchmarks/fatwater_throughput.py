@@ -5,7 +5,8 @@ For each challenge case (``12_ISMRM``, ``17_ISMRM`` scored against the reference
 cohortscale's ``fit_fatwater``, and in the same run the PyPI package ``pycsemri`` (its lookup-table
 VARPRO, ``VARPRO_LUT``) on the same cases with the same spectrum, echo times, imaging frequency and
 precession convention. A synthetic UK Biobank-like 6-echo liver slice (232 × 256, smooth B0, SNR 40)
-gives the throughput at cohort scale. GPU rows (CuPy arrays) are added when ``gpu_available()``.
+gives the throughput at cohort scale. GPU rows (CuPy arrays) are added when ``gpu_available()``, with one
+for ``--gpu-batch`` synthetic slices fitted in one call.
 Times are the best of ``--repeats`` after one warm-up call, in this single process, with the BLAS/OpenMP
 thread pools set to ``--threads`` before NumPy is imported.
 
@@ -464,8 +465,9 @@ def main() -> None:
     elif use_gpu:
         gpu_note = (
             "GPU: CuPy rows above (the signal passed as a CuPy array). The last row fits the synthetic "
-            f"slices of seeds 0–{args.gpu_batch - 1} stacked as planes in one call, as the fitting stage "
-            "could batch a cohort's slices; s_per_slice is its time over the slices."
+            f"slices of seeds 0–{args.gpu_batch - 1} stacked as planes in one call (a multi-slice "
+            "acquisition; planes share the call's noise level, so the fitting stage does not pool "
+            "participants this way); s_per_slice is its time over the slices."
         )
     else:
         gpu_note = "GPU: none available in this run (gpu_available() is False), so no GPU rows."

@@ -212,7 +212,7 @@ def test_gpu_aggregation_equals_numpy_bit_for_bit(periodic, free_labels, max_pen
 
     cost, weights, penalty = aggregation_case(periodic, seed=1)
     penalty.update(free_labels=free_labels, max_penalty=max_penalty)
-    cost = np.concatenate([cost, cost[:, ::-1] * 3], axis=0)  # four planes, one launch each way
+    cost = np.concatenate([cost, cost[:, ::-1] * 3], axis=0)  # four planes: a thread block each
     weights = np.concatenate([weights, weights[:, ::-1]], axis=0)
     on_gpu = aggregate(cupy.asarray(cost), cupy.asarray(weights), **penalty)
     assert isinstance(on_gpu, cupy.ndarray)
