@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from cohortscale.ops.fieldmap import path_axes
+
 #: Threads per block: one block walks one plane, its threads share the labels of all its lines.
 THREADS_PER_BLOCK = 1024
 
@@ -152,12 +154,10 @@ def aggregate_cuda(
     longest = max(rows, cols)
     scratch = cupy.empty(planes * (3 * longest * n_labels + 2 * longest), dtype=cupy.float32)
     for dy, dx in directions:
-        along_rows = dy != 0
-        # Walk along rows (Y) when the row step is nonzero, else along columns; lines are the other axis.
+        along_rows, step_along, step_across = path_axes(dy, dx)
         n_along, n_lines = (rows, cols) if along_rows else (cols, rows)
         along_stride, line_stride = (cols * n_labels, n_labels) if along_rows else (n_labels, cols * n_labels)
         weight_strides = (cols, 1) if along_rows else (1, cols)
-        step_along, step_across = (dy, dx) if along_rows else (dx, dy)
         _kernel()(
             (planes,),
             (THREADS_PER_BLOCK,),

@@ -266,6 +266,14 @@ def _linear_distance_transform(values, penalty_per_label: float, periodic: bool,
     return out
 
 
+def path_axes(dy: int, dx: int) -> tuple[bool, int, int]:
+    """How a path direction (row step, column step) walks a plane: whether along rows (the row axis, when
+    its step is nonzero; else along columns), the step along that axis, and the step across the lines (the
+    other axis), which are processed together."""
+    along_rows = dy != 0
+    return (along_rows, dy, dx) if along_rows else (along_rows, dx, dy)
+
+
 def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_penalty: float, periodic: bool):
     """Semi-global aggregation of a cost volume over the eight in-plane directions.
 
@@ -300,11 +308,9 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
         )
     total = xp.zeros_like(cost)
     for dy, dx in SGM_DIRECTIONS:
-        # Walk along the axis with a nonzero step; lines (the other axis) are processed together.
-        along_rows = dy != 0
+        along_rows, step_along, step_across = path_axes(dy, dx)
         volume = cost if along_rows else xp.swapaxes(cost, 1, 2)
         weight = (weights if along_rows else xp.swapaxes(weights, 1, 2))[..., None]
-        step_along, step_across = (dy, dx) if along_rows else (dx, dy)
         order = range(volume.shape[1]) if step_along > 0 else range(volume.shape[1] - 1, -1, -1)
         path = xp.empty_like(volume)
         previous = previous_weight = None
