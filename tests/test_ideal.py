@@ -11,12 +11,15 @@ from cohortscale.backend import gpu_available
 from cohortscale.ops.crlb import crlb
 from cohortscale.ops.fatwater import HAMILTON_LIVER_9PEAK, ISMRM_6PEAK, fat_phasor, multiecho_signal
 from cohortscale.ops.ideal import (
+    R2STAR_GRID_S,
     FitOptions,
     Quality,
+    alias_shifts,
     amplitudes_for,
     fat_fraction,
     field_prior,
     fit_fatwater,
+    near_alias_shifts,
     neighbourhood_r2star,
     pdff_sd_bound,
     r2star_prior,
@@ -167,17 +170,21 @@ def test_r2star_prior_keeps_fast_decay_tissue():
     assert np.mean(maps.r2star[4:-4, n // 2 : n // 2 + 3]) == pytest.approx(300.0, abs=15.0)
 
 
-def test_non_uniform_echoes_under_a_wide_field():
-    """Non-uniform echo spacing has no alias period: the search must span the field, here ±7 ppm at 3 T.
+@pytest.mark.parametrize("peak_hz", [900.0, 1440.0])
+def test_non_uniform_echoes_under_a_wide_field(peak_hz):
+    """Non-uniform echo spacing has no alias period: the search must span the field, here ±7 and ±11.3 ppm
+    at 3 T, and regions move by the echoes' near-aliases.
 
-    The field is beyond the ±500 Hz that an earlier fixed range searched; there a smooth field came out
-    as water–fat swaps wherever it left the range.
+    The fields are beyond the ±500 Hz that an earlier fixed range searched, and the wider one beyond ±10
+    ppm; there a smooth field came out as water–fat swaps wherever it left the range. These echo times
+    hold a near-alias 1,950 Hz away, which both fields reach at their ends: without moves by it, 69 voxels
+    at the high end of the ±900 Hz field sat on it (measured).
     """
     te = np.array([1.3e-3, 2.1e-3, 3.4e-3, 4.6e-3])
     frequency = 127.74e6
     rows, cols = 24, 96
     yy, xx = np.mgrid[:rows, :cols]
-    b0 = 900.0 * np.sin(np.pi * (xx / (cols - 1) - 0.5)) + 60.0 * np.cos(np.pi * yy / rows)
+    b0 = peak_hz * np.sin(np.pi * (xx / (cols - 1) - 0.5)) + 60.0 * np.cos(np.pi * yy / rows)
     pdff = np.repeat([0.05, 0.3, 0.8, 0.15], cols // 4)[None, :].repeat(rows, axis=0)
     rotation = np.exp(1j * (0.5 + 0.03 * xx))
     signal = multiecho_signal(
@@ -188,8 +195,44 @@ def test_non_uniform_echoes_under_a_wide_field():
     maps = fit_fatwater(signal, te, frequency)
     assert np.max(np.abs(maps.b0 - b0)) < 20.0
     assert np.max(np.abs(maps.pdff - pdff)) < 0.06
+    without_near_aliases = fit_fatwater(signal, te, frequency, options=FitOptions(near_alias_residual=0))
+    assert np.sum(np.abs(without_near_aliases.b0 - b0) > 20.0) > 20
     with pytest.raises(ValueError, match="field_search_ppm"):
         FitOptions(field_step_cycles=0)
+
+
+def test_near_alias_shifts_of_non_uniform_echoes():
+    """The shifts are minima of the noiseless residual, checked against a direct fit at each of them."""
+    from cohortscale.ops.ideal import _field_grid
+
+    te = np.array([1.3e-3, 2.1e-3, 3.4e-3, 4.6e-3])
+    frequency = 127.74e6
+    grid = _field_grid(te, frequency, FitOptions())
+    fat = alias_shifts(ISMRM_6PEAK, frequency, grid)
+    shifts = near_alias_shifts(te, ISMRM_6PEAK, frequency, grid, 0.01, exclude=fat, window=1)
+    assert shifts == (-65, 65, -80, 80)  # 1,946 and 2,395 Hz
+    # Water fits itself shifted by 1,946 Hz within 0.1 % (other water and fat), 2,395 Hz within 1 %; the
+    # fitted R2* is free, as in the search.
+    phasor = fat_phasor(te, ISMRM_6PEAK, frequency)
+    basis = np.stack([np.ones_like(phasor), phasor], axis=1)
+    one, zero = np.ones(1), np.zeros(1)
+    water = multiecho_signal(one, zero, 30 * one, zero, te, ISMRM_6PEAK, frequency)
+    energy = float(np.sum(np.abs(water) ** 2))
+
+    def best_relative_residual(field_hz):
+        return min(
+            float(amplitudes_for(water, te, basis, np.full(1, field_hz), np.full(1, r2))[1][0] ** 2) / energy
+            for r2 in R2STAR_GRID_S
+        )
+
+    assert best_relative_residual(-65 * grid.step_hz) < 0.001
+    assert best_relative_residual(-80 * grid.step_hz) < 0.011
+    assert best_relative_residual(-40 * grid.step_hz) > 0.05
+    # The six non-uniform echoes of the protocol benchmark have none beyond the water–fat alias.
+    six = np.array([1.5, 3.2, 5.3, 7.0, 9.2, 11.1]) * 1e-3
+    grid = _field_grid(six, frequency / 2, FitOptions())
+    fat = alias_shifts(ISMRM_6PEAK, frequency / 2, grid)
+    assert near_alias_shifts(six, ISMRM_6PEAK, frequency / 2, grid, 0.01, exclude=fat, window=1) == ()
 
 
 def test_field_search_follows_field_strength():
@@ -198,13 +241,13 @@ def test_field_search_follows_field_strength():
     options = FitOptions()
     four = np.array([1.3e-3, 2.1e-3, 3.4e-3, 4.6e-3])
     at_3t, at_1_5t = _field_grid(four, 127.74e6, options), _field_grid(four, 63.87e6, options)
-    # ±10 ppm in steps of at most 0.1 cycles over the 3.3 ms train (30.3 Hz).
-    assert at_3t.values_hz[-1] == pytest.approx(1277.4)
-    assert at_1_5t.values_hz[-1] == pytest.approx(638.7)
+    # ±15 ppm in steps of at most 0.1 cycles over the 3.3 ms train (30.3 Hz).
+    assert at_3t.values_hz[-1] == pytest.approx(1916.1)
+    assert at_1_5t.values_hz[-1] == pytest.approx(958.05)
     assert at_3t.step_hz <= 0.1 / 3.3e-3 < at_3t.step_hz * 1.05
     # Three echoes search the same range in steps of at most 0.05 cycles over their 2.1 ms train (23.8 Hz).
     three = _field_grid(four[:3], 127.74e6, options)
-    assert three.values_hz[-1] == pytest.approx(1277.4)
+    assert three.values_hz[-1] == pytest.approx(1916.1)
     assert three.step_hz <= 0.05 / 2.1e-3 < three.step_hz * 1.05
 
 
