@@ -14,6 +14,9 @@ truth:
   hundredfold at a protocol's shorter first echo. The cap changes 119 voxels of case 17 (37 in
   ``eval_mask``) and 775 of case 12 (61 in it);
 - complex Gaussian noise at an SNR given relative to the 90th percentile of the proton density;
+- for echo spacings without an alias period, also the field with a ramp along the image columns added
+  (``--ramp``, Hz per pixel at 1.5 T, scaled with the field strength; 3 Hz/px takes case 17's field from
+  +8.5 to +10.8 ppm at its edge): there the fit finds the field only inside its search range;
 - score: 10000 × the share of ``eval_mask`` voxels within 0.1 of the true fat fraction, with the fat
   fraction computed from water and fat as the challenge does (``challenge_fat_fraction``); swapped: the
   share off by more than 0.5.
@@ -21,12 +24,14 @@ truth:
 In the same run and on the same data: our fit with its defaults; for non-uniform echo spacing, our fit
 with its field search cut to ±500 Hz in 64 labels, the range it searched before (for three echoes that
 range was then the fit's only prior on the field; uniform spacing, and spacings that are whole multiples
-of one step, search one alias period). For three echoes, also our fit without the common-phase share of
-its field cost (``FitOptions.common_phase_weight`` = 0). Where it is installed, also the PyPI package
-``pycsemri`` (``VARPRO_LUT`` at full resolution, as in ``fatwater_throughput.py``; ``--no-pycsemri``
-leaves it out). Its mask keeps voxels above 5 % of the image's largest first-echo magnitude: before the
-density was capped, those voxels masked out all the tissue and it returned fat fraction 0 nearly
-everywhere (scores 22–511 on case 17's anatomy at SNR 100 on 11 of the 15 protocols).
+of one step, search one alias period), and our fit as it was before the ±15 ppm search and the moves by
+near-aliases (``FitOptions(field_search_ppm=10, near_alias_residual=0)``). For three echoes, also our fit
+without the common-phase share of its field cost (``FitOptions.common_phase_weight`` = 0). Where it is
+installed, also the PyPI package ``pycsemri`` (``VARPRO_LUT`` at full resolution, as in
+``fatwater_throughput.py``; ``--no-pycsemri`` leaves it out). Its mask keeps voxels above 5 % of the
+image's largest first-echo magnitude: before the density was capped, those voxels masked out all the
+tissue and it returned fat fraction 0 nearly everywhere (scores 22–511 on case 17's anatomy at SNR 100 on
+11 of the 15 protocols).
 Times are wall seconds per fit with the machine's default threads.
 
 Run from the repository root: ``python benchmarks/fatwater_protocols.py``.
@@ -76,6 +81,8 @@ MAX_R2STAR_S = 600.0
 DENSITY_CAP_PERCENTILE = 99.9
 #: Half-width of the field search for non-uniform echo spacing before this benchmark, Hz, over 64 labels.
 FIXED_SEARCH_HZ, FIXED_LABELS = 500.0, 64
+#: Our fit for non-uniform echo spacing as it was before the ±15 ppm search and the near-alias moves.
+NARROWER_SEARCH = FitOptions(field_search_ppm=10.0, near_alias_residual=0.0)
 
 
 def unwrap(field_hz: np.ndarray, period_hz: float) -> np.ndarray:
@@ -151,6 +158,9 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="Folder of the challenge .mat files.")
     parser.add_argument("--snr", type=float, nargs="+", default=[30.0, 100.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ramp", type=float, default=3.0, help="Field ramp (Hz per pixel at 1.5 T) of the extra rows."
+    )
     parser.add_argument("--no-pycsemri", action="store_true", help="Leave out pycsemri where installed.")
     args = parser.parse_args()
     data = Path(args.data)
@@ -161,13 +171,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for name in CASES:
         truth = truth_of(load_challenge(data / f"{name}.mat"))
-        for protocol, (field_strength_t, te) in PROTOCOLS.items():
+        columns = np.arange(truth["field"].shape[-1]) - truth["field"].shape[-1] / 2
+        for protocol, (field_strength_t, te), field_label, ramp in _conditions(args.ramp):
             ratio = field_strength_t / truth["field_strength_t"]
             frequency = GYROMAGNETIC_HZ_PER_T * field_strength_t
+            field = truth["field"] * ratio + ramp * field_strength_t / 1.5 * columns
             clean = multiecho_signal(
-                truth["water"], truth["fat"], truth["r2star"] * ratio, truth["field"] * ratio, te,
-                ISMRM_6PEAK, frequency,
-            )  # fmt: skip
+                truth["water"], truth["fat"], truth["r2star"] * ratio, field, te, ISMRM_6PEAK, frequency
+            )
             fixed_cycles = 2 * FIXED_SEARCH_HZ / (FIXED_LABELS - 1) * float(te[-1] - te[0])
             fixed = FitOptions(
                 field_search_ppm=FIXED_SEARCH_HZ / (1e-6 * frequency),
@@ -184,6 +195,9 @@ def main() -> None:
                     fitters[f"cohortscale, fixed ±{FIXED_SEARCH_HZ:.0f} Hz search"] = partial(
                         _ours, signal, te, frequency, fixed
                     )
+                    fitters["cohortscale, ±10 ppm, no near-alias moves"] = partial(
+                        _ours, signal, te, frequency, NARROWER_SEARCH
+                    )
                 if te.size == 3:
                     fitters["cohortscale, free water–fat phases"] = partial(
                         _ours, signal, te, frequency, FitOptions(common_phase_weight=0)
@@ -196,8 +210,9 @@ def main() -> None:
                     wall = time.perf_counter() - start
                     score, swapped = scores(ff, truth)
                     rows.append({
-                        "anatomy": name, "protocol": protocol, "snr": snr, "fitter": fitter,
-                        "score": round(score), "swapped_pct": round(swapped, 2), "s_per_case": round(wall, 2),
+                        "anatomy": name, "protocol": protocol, "field": field_label, "snr": snr,
+                        "fitter": fitter, "score": round(score), "swapped_pct": round(swapped, 2),
+                        "s_per_case": round(wall, 2),
                     })  # fmt: skip
                     print(rows[-1], flush=True)
     write_results(
@@ -206,6 +221,16 @@ def main() -> None:
         notes="Challenge anatomy (cases 12 and 17) re-simulated under each protocol; score against the "
         "known truth (see the script's docstring).",
     )
+
+
+def _conditions(ramp_hz_per_px: float):
+    """(protocol, (field strength, echo times), field label, ramp Hz/px at 1.5 T) of every row group: each
+    protocol under the case's field, and those without an alias period also under the added ramp."""
+    for protocol, (field_strength_t, te) in PROTOCOLS.items():
+        yield protocol, (field_strength_t, te), "case's", 0.0
+        if ramp_hz_per_px and not field_grid(te, FIXED_LABELS, FIXED_SEARCH_HZ, 1.0).periodic:
+            label = f"case's + {ramp_hz_per_px:g} Hz/px ramp (1.5 T)"
+            yield protocol, (field_strength_t, te), label, ramp_hz_per_px
 
 
 def _ours(signal: np.ndarray, te: np.ndarray, frequency: float, options: FitOptions) -> np.ndarray:
