@@ -14,9 +14,10 @@ truth:
   hundredfold at a protocol's shorter first echo. The cap changes 119 voxels of case 17 (37 in
   ``eval_mask``) and 775 of case 12 (61 in it);
 - complex Gaussian noise at an SNR given relative to the 90th percentile of the proton density;
-- for echo spacings without an alias period, also the field with a ramp along the image columns added
-  (``--ramp``, Hz per pixel at 1.5 T, scaled with the field strength; 3 Hz/px takes case 17's field from
-  +8.5 to +10.8 ppm at its edge): there the fit finds the field only inside its search range;
+- for echo spacings without an alias period of at most 1 kHz (non-uniform spacings, and whole multiples
+  of a step under 1 ms), also the field with a ramp along the image columns added (``--ramp``, Hz per pixel
+  at 1.5 T, scaled with the field strength; 3 Hz/px takes case 17's field from +8.5 to +10.8 ppm at its
+  edge): without a period the fit finds the field only inside its search range;
 - score: 10000 × the share of ``eval_mask`` voxels within 0.1 of the true fat fraction, with the fat
   fraction computed from water and fat as the challenge does (``challenge_fat_fraction``); swapped: the
   share off by more than 0.5.
@@ -225,7 +226,8 @@ def main() -> None:
 
 def _conditions(ramp_hz_per_px: float):
     """(protocol, (field strength, echo times), field label, ramp Hz/px at 1.5 T) of every row group: each
-    protocol under the case's field, and those without an alias period also under the added ramp."""
+    protocol under the case's field, and those without an alias period within the fixed search's range
+    also under the added ramp."""
     for protocol, (field_strength_t, te) in PROTOCOLS.items():
         yield protocol, (field_strength_t, te), "case's", 0.0
         if ramp_hz_per_px and not field_grid(te, FIXED_LABELS, FIXED_SEARCH_HZ, 1.0).periodic:
