@@ -173,7 +173,7 @@ def main() -> None:
     for name in CASES:
         truth = truth_of(load_challenge(data / f"{name}.mat"))
         columns = np.arange(truth["field"].shape[-1]) - truth["field"].shape[-1] / 2
-        for protocol, (field_strength_t, te), field_label, ramp in _conditions(args.ramp):
+        for protocol, (field_strength_t, te), fixed_periodic, field_label, ramp in _conditions(args.ramp):
             ratio = field_strength_t / truth["field_strength_t"]
             frequency = GYROMAGNETIC_HZ_PER_T * field_strength_t
             field = truth["field"] * ratio + ramp * field_strength_t / 1.5 * columns
@@ -192,7 +192,7 @@ def main() -> None:
                 fitters: dict[str, Callable[[], np.ndarray]] = {
                     "cohortscale": partial(_ours, signal, te, frequency, FitOptions())
                 }
-                if not field_grid(te, FIXED_LABELS, FIXED_SEARCH_HZ, 1.0).periodic:
+                if not fixed_periodic:
                     fitters[f"cohortscale, fixed ±{FIXED_SEARCH_HZ:.0f} Hz search"] = partial(
                         _ours, signal, te, frequency, fixed
                     )
@@ -225,14 +225,15 @@ def main() -> None:
 
 
 def _conditions(ramp_hz_per_px: float):
-    """(protocol, (field strength, echo times), field label, ramp Hz/px at 1.5 T) of every row group: each
-    protocol under the case's field, and those without an alias period within the fixed search's range
-    also under the added ramp."""
+    """(protocol, (field strength, echo times), whether the fixed search finds an alias period, field
+    label, ramp Hz/px at 1.5 T) of every row group: each protocol under the case's field, and those
+    without that period also under the added ramp."""
     for protocol, (field_strength_t, te) in PROTOCOLS.items():
-        yield protocol, (field_strength_t, te), "case's", 0.0
-        if ramp_hz_per_px and not field_grid(te, FIXED_LABELS, FIXED_SEARCH_HZ, 1.0).periodic:
+        periodic = field_grid(te, FIXED_LABELS, FIXED_SEARCH_HZ, 1.0).periodic
+        yield protocol, (field_strength_t, te), periodic, "case's", 0.0
+        if ramp_hz_per_px and not periodic:
             label = f"case's + {ramp_hz_per_px:g} Hz/px ramp (1.5 T)"
-            yield protocol, (field_strength_t, te), label, ramp_hz_per_px
+            yield protocol, (field_strength_t, te), periodic, label, ramp_hz_per_px
 
 
 def _ours(signal: np.ndarray, te: np.ndarray, frequency: float, options: FitOptions) -> np.ndarray:
