@@ -242,11 +242,11 @@ class FitOptions:
         voxel's R2* gets a prior from its neighbourhood; the prior's precision grows as ``gate / share − 1``
         (0 turns the prior off). Tissue as dense as that is left to its own data, however fast it decays:
         a prior over all tissue (gate 10, 7 px window) lifted challenge case 12 from 9,721 to 9,752 and
-        noisy re-simulated protocols (SNR 30) by up to 240, but took case 17 from 9,902 to 9,893 and put the
-        Monte Carlo's R2* bias at 300 s⁻¹ at −2 to −10 s⁻¹ in seven cells (limit 2): the median of a
-        skewed estimate, on a log scale, pulls R2* low. Gating on the voxel's own Cramér–Rao SD of
-        log R2* instead (over 0.1) kept case 17 at 9,903 (case 12: 9,730) but still failed four cells
-        (−2.3 to −6.1 s⁻¹); with the neighbourhood's mean as the centre, three.
+        moved re-simulated protocols by −7 to +240 at SNR 30 (−15 to +1 at SNR 100), but took case 17
+        from 9,902 to 9,893 and put the Monte Carlo's R2* bias at 300 s⁻¹ at −2.1 to −10.4 s⁻¹ in nine
+        cells (limit 2): the median of a skewed estimate, on a log scale, pulls R2* low. Gating on the
+        voxel's own Cramér–Rao SD of log R2* instead (over 0.1) kept case 17 at 9,903 (case 12: 9,730) but
+        still failed four cells (−2.3 to −6.1 s⁻¹); with the neighbourhood's mean as the centre, three.
     r2star_prior_log_sd : float
         SD of that prior on ``log(R2* + r2star_prior_offset_s)`` at ``share = gate / 2`` (0.5: a factor of
         1.6 either way).
