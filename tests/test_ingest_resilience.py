@@ -23,6 +23,8 @@ from cohortscale.pipeline.engine import EngineConfig
 from cohortscale.pipeline.ingest import run_ingest
 
 BIN = Path(sys.executable).parent
+# dask through this interpreter: its console script need not sit beside it (pip --target, user installs)
+DASK = [sys.executable, "-m", "dask"]
 WAIT_S = 120
 
 
@@ -133,7 +135,7 @@ def test_ingest_on_a_separately_started_scheduler(cohort: Path, reference: Path,
     scheduler_file = tmp_path / "scheduler.json"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     scheduler = subprocess.Popen(
-        [str(BIN / "dask"), "scheduler", "--scheduler-file", str(scheduler_file), "--no-dashboard",
+        [*DASK, "scheduler", "--scheduler-file", str(scheduler_file), "--no-dashboard",
          "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
     )  # fmt: skip
@@ -143,7 +145,7 @@ def test_ingest_on_a_separately_started_scheduler(cohort: Path, reference: Path,
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         worker = subprocess.Popen(
-            [str(BIN / "dask"), "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
+            [*DASK, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
              "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
         )  # fmt: skip
