@@ -22,12 +22,13 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import connected_components
 
-from cohortscale.backend import array_module
+from cohortscale.backend import array_module, to_numpy
 
-#: Bytes of whitened coordinates per voxel block when building the cost volume, by backend. On a CPU the
-#: block's element-wise work runs at cache speed when it fits in a core's cache: 2 MiB halved the cost
-#: volume's time on challenge cases 12 and 17 against blocks of 2,048 voxels (31 MiB at 64 field labels;
-#: 2-core EPYC), and 1–4 MiB was fastest on three protocols. A GPU needs large blocks to fill its cores.
+#: Bytes of explained energies per voxel block when building the cost volume, by backend. On a CPU the
+#: block's work runs at cache speed when it fits in a core's cache: 2 MiB halved the cost volume's time on
+#: challenge cases 12 and 17 against blocks of 2,048 voxels (2-core EPYC, when a block held whitened
+#: coordinates, four times the bytes per candidate); with the quadratic-form tables 0.5–8 MiB timed alike
+#: within that machine's noise on two protocols. A GPU needs large blocks to fill its cores.
 COST_BLOCK_BYTES = {"cpu": 2 * 2**20, "gpu": 256 * 2**20}
 
 #: How far (cycles of the common step) echo offsets may be from whole multiples of it and still repeat.
@@ -139,6 +140,56 @@ def _periodic_grid(period_hz: float, n_labels: int) -> FieldGrid:
     return FieldGrid(-period_hz / 2 + period_hz * np.arange(n_labels) / n_labels, periodic=True)
 
 
+def _quadratic_form_tables(echo_times_s, fat_phasor_values, field_hz, r2star_s, common_phase: bool):
+    """Coefficient tables of the explained energy as quadratic forms in the signal, columns (R2*, ψ).
+
+    With ``A = E(ψ) D(R2*) B`` (E the field phasors, D the decay, B the water and fat columns),
+    ``AᴴA = Bᴴ D² B`` does not depend on ψ. So the energy that water and fat explain,
+    ``sᴴ A (AᴴA)⁻¹ Aᴴ s``, is ``Σ_nm s̄_n s_m Q_nm e^{i2πψ(t_n − t_m)}`` with ``Q = DB (AᴴA)⁻¹ (DB)ᴴ``:
+    a real linear function of the products ``|s_n|²`` and ``s̄_n s_m`` (n < m), evaluated for every
+    candidate by one real matrix product. Under one common phase (real water and fat) it is
+    ``½(yᴴMy + |yᵀMy|)`` with ``y = Aᴴs`` and ``M = Re(AᴴA)⁻¹``, and
+    ``yᵀMy = Σ_nm s_n s_m R_nm e^{−i2πψ(t_n + t_m)}`` with ``R = conj(DB) M conj(DB)ᵀ`` is linear in the
+    products ``s_n s_m`` (n ≤ m).
+
+    Returns
+    -------
+    hermitian : ndarray, float64, shape (n + n(n − 1), J·K)
+        Rows for ``|s_n|²``, ``Re s̄_n s_m`` and ``Im s̄_n s_m`` (n < m).
+    bilinear : ndarray, float64, shape (n(n + 1), 2·J·K), or None
+        With ``common_phase``: rows for ``Re s_n s_m`` and ``Im s_n s_m`` (n ≤ m); columns the real, then
+        the imaginary part of ``yᵀMy``.
+    """
+    te = np.asarray(echo_times_s, dtype=np.float64)
+    field = np.asarray(field_hz, dtype=np.float64)
+    basis = np.stack([np.ones_like(fat_phasor_values), fat_phasor_values], axis=1)  # (n, 2)
+    first, second = np.triu_indices(te.size, 1)
+    beating = np.exp(2j * np.pi * np.outer(te[first] - te[second], field))  # (P, K)
+    same_first, same_second = np.triu_indices(te.size)
+    # Each unordered pair n < m appears twice in the symmetric sum.
+    twice = np.where(same_first == same_second, 1.0, 2.0)[:, None]
+    summed = np.exp(-2j * np.pi * np.outer(te[same_first] + te[same_second], field))  # (n(n + 1)/2, K)
+    hermitian, bilinear = [], []
+    for r2 in np.asarray(r2star_s, dtype=np.float64):
+        decayed = basis * np.exp(-r2 * te)[:, None]  # DB
+        gram = decayed.conj().T @ decayed
+        inverse = np.linalg.inv(gram.real) if common_phase else np.linalg.inv(gram)
+        q = decayed @ inverse @ decayed.conj().T
+        cross = 2 * q[first, second][:, None] * beating
+        diagonal = np.repeat(q.diagonal().real[:, None], field.size, axis=1)
+        hermitian.append(np.concatenate([diagonal, cross.real, -cross.imag]))
+        if common_phase:
+            r = decayed.conj() @ inverse @ decayed.conj().T
+            w = twice * r[same_first, same_second][:, None] * summed
+            bilinear.append(np.block([[w.real, w.imag], [-w.imag, w.real]]))
+    hermitian_table = np.stack(hermitian, axis=1).reshape(len(hermitian[0]), -1)
+    if not common_phase:
+        return hermitian_table, None
+    # Columns (part, R2*, ψ): the real parts of every candidate, then the imaginary ones.
+    bilinear_table = np.stack(bilinear, axis=1).reshape(len(bilinear[0]), len(bilinear), 2, field.size)
+    return hermitian_table, bilinear_table.transpose(0, 2, 1, 3).reshape(len(bilinear[0]), -1)
+
+
 def varpro_cost(
     signal,
     echo_times_s,
@@ -149,6 +200,9 @@ def varpro_cost(
     with_best: bool = True,
 ):
     """VARPRO residual ‖s − A(ψ, R2*) x̂‖² for every voxel and candidate, minimised over R2*.
+
+    The explained energy of every candidate comes from one real matrix product of the voxels' echo
+    products with fixed coefficient tables (:func:`_quadratic_form_tables`).
 
     Parameters
     ----------
@@ -164,8 +218,7 @@ def varpro_cost(
         Whether water and fat share one phase (real amplitudes times a common phasor) instead of being free
         complex amplitudes.
     with_best : bool
-        Whether to return the minimising R2* (its search over the R2* axis costs a quarter to a third of the
-        call's time).
+        Whether to return the minimising R2*.
 
     Returns
     -------
@@ -175,38 +228,34 @@ def varpro_cost(
         Index into ``r2star_s`` of the minimising R2* (None without ``with_best``).
     """
     xp = array_module(signal)
-    te = xp.asarray(echo_times_s, dtype=xp.float64)
-    basis = xp.stack([xp.ones_like(fat_phasor_values), xp.asarray(fat_phasor_values)], axis=1)  # (n, 2)
-    rotate = xp.exp(-2j * xp.pi * xp.asarray(field_hz)[None, :] * te[:, None])  # (n, K)
-    projections = []
-    for r2 in np.asarray(r2star_s, dtype=np.float64):
-        decay = xp.exp(-r2 * te)
-        gram = basis.conj().T @ (basis * (decay**2)[:, None])
-        # With (AᴴA)⁻¹ = C Cᴴ, the explained energy sᴴA(AᴴA)⁻¹Aᴴs is ‖Cᴴ Aᴴ s‖²: one matrix product
-        # per voxel block gives whitened coordinates for every (R2*, ψ) candidate at once.
-        if common_phase:
-            # With Re(AᴴA)⁻¹ = L Lᵀ and u = Lᵀ Aᴴ s, real water and fat under the best common phase explain
-            # ½(‖u‖² + |Σ u²|).
-            whiten = xp.linalg.cholesky(xp.linalg.inv(gram.real)).astype(gram.dtype)
-        else:
-            whiten = xp.linalg.cholesky(xp.linalg.inv(gram)).conj()
-        adjoint = (basis.conj() * decay[:, None])[:, None, :] * rotate[:, :, None]  # (n, K, 2) = Aᴴ rows
-        projections.append(xp.moveaxis(adjoint @ whiten, -1, 0))  # (2, n, K)
-    # Columns ordered (whitened coordinate, R2*, ψ) so each coordinate is one contiguous slab.
-    project = xp.stack(projections, axis=2).transpose(1, 0, 2, 3).reshape(len(te), -1).astype(xp.complex64)
+    hermitian, bilinear = _quadratic_form_tables(
+        to_numpy(echo_times_s), to_numpy(fat_phasor_values), to_numpy(field_hz), r2star_s, common_phase
+    )
+    real = xp.float32 if signal.dtype == xp.complex64 else xp.float64
+    first, second = (xp.asarray(index) for index in np.triu_indices(signal.shape[1], 1))
+    cross = signal[:, first].conj() * signal[:, second]
+    power = signal.real**2 + signal.imag**2
+    features = xp.concatenate([power, cross.real, cross.imag], axis=1).astype(real)
+    hermitian = xp.asarray(hermitian, dtype=real)
+    if common_phase:
+        same_first, same_second = (xp.asarray(index) for index in np.triu_indices(signal.shape[1]))
+        products = signal[:, same_first] * signal[:, same_second]
+        bilinear_features = xp.concatenate([products.real, products.imag], axis=1).astype(real)
+        bilinear = xp.asarray(bilinear, dtype=real)
     n_vox, n_r2, n_lab = signal.shape[0], len(r2star_s), len(field_hz)
-    energy = (xp.abs(signal) ** 2).sum(axis=1).astype(xp.float32)
+    energy = power.sum(axis=1).astype(xp.float32)
     cost = xp.empty((n_vox, n_lab), dtype=xp.float32)
     best = xp.empty((n_vox, n_lab), dtype=xp.int8) if with_best else None
     block_bytes = COST_BLOCK_BYTES["cpu" if xp is np else "gpu"]
-    block_voxels = max(1, block_bytes // (project.shape[1] * project.itemsize))
+    columns = hermitian.shape[1] + (bilinear.shape[1] if common_phase else 0)
+    block_voxels = max(1, block_bytes // (columns * hermitian.itemsize))
     for start in range(0, n_vox, block_voxels):
         block = slice(start, start + block_voxels)
-        coords = (signal[block] @ project).reshape(-1, 2, n_r2, n_lab)
-        first, second = coords[:, 0], coords[:, 1]
-        explained = first.real**2 + first.imag**2 + second.real**2 + second.imag**2
+        explained = features[block] @ hermitian
         if common_phase:
-            explained = 0.5 * (explained + xp.abs(first**2 + second**2))
+            parts = (bilinear_features[block] @ bilinear).reshape(-1, 2, n_r2 * n_lab)
+            explained = 0.5 * (explained + xp.sqrt(parts[:, 0] ** 2 + parts[:, 1] ** 2))
+        explained = explained.reshape(-1, n_r2, n_lab)
         if with_best:
             best[block] = explained.argmax(axis=1)
         cost[block] = energy[block, None] - explained.max(axis=1)
