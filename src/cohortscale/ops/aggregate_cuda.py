@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cohortscale.ops.fieldmap import path_axes
+from cohortscale.ops.fieldmap import distance_transform_reach, path_axes
 
 #: Threads per block: one block walks one plane, its threads share the labels of all its lines.
 THREADS_PER_BLOCK = 1024
@@ -30,7 +30,7 @@ extern "C" __global__ void sgm_direction(
     float* __restrict__ scratch, const int n_along, const int n_lines, const int n_labels,
     const long long along_stride, const long long line_stride, const long long weight_along_stride,
     const long long weight_line_stride, const int step_along, const int step_across, const int free_labels,
-    const float penalty_per_label, const float max_penalty, const int periodic)
+    const float penalty_per_label, const float max_penalty, const int periodic, const int reach)
 {
     const int plane = blockIdx.x;
     const long long plane_size = (long long)n_along * n_lines * n_labels;
@@ -75,8 +75,9 @@ extern "C" __global__ void sgm_direction(
                 current[e] = lowest;
             }
             __syncthreads();
-            // Linear distance transform by shifts of 1, 2, 4, ... labels, each way, as the NumPy code.
-            for (int shift = 1; shift < n_labels; shift *= 2) {
+            // Linear distance transform by shifts of 1, 2, 4, ... labels up to the reach, each way, as the
+            // NumPy code.
+            for (int shift = 1; shift <= reach; shift *= 2) {
                 for (int sign = 1; sign >= -1; sign -= 2) {
                     for (long long e = threadIdx.x; e < row; e += blockDim.x) {
                         const int l = e / n_labels, k = e % n_labels, from = l - step_across;
@@ -179,6 +180,7 @@ def aggregate_cuda(
                 np.float32(penalty_per_label),
                 np.float32(max_penalty),
                 np.int32(periodic),
+                np.int32(distance_transform_reach(n_labels, penalty_per_label, max_penalty)),
             ),
         )
     return total
