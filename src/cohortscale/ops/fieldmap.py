@@ -268,16 +268,10 @@ def varpro_cost(
     return xp.maximum(cost, 0), best
 
 
-def _shift_lines(previous, step: int, xp):
-    """``previous`` moved by ``step`` (−1, 0, +1) along the line axis; uncovered entries are NaN."""
-    if step == 0:
-        return previous
-    moved = xp.full_like(previous, xp.nan)
-    if step > 0:
-        moved[:, step:] = previous[:, :-step]
-    else:
-        moved[:, :step] = previous[:, -step:]
-    return moved
+def _line_overlap(n_lines: int, step: int) -> tuple[slice, slice]:
+    """Lines of the previous step (``source``) and the lines they continue into (``target``) when paths
+    move ``step`` (−1, 0, +1) lines across; the target lines left over start a path."""
+    return slice(max(0, -step), n_lines - max(0, step)), slice(max(0, step), n_lines - max(0, -step))
 
 
 def _roll_labels(values, shift: int, periodic: bool, xp):
@@ -381,20 +375,18 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
         weight = (weights if along_rows else xp.swapaxes(weights, 1, 2))[..., None]
         order = range(volume.shape[1]) if step_along > 0 else range(volume.shape[1] - 1, -1, -1)
         path = xp.empty_like(volume)
+        source, target = _line_overlap(volume.shape[2], step_across)
         previous = previous_weight = None
         for i in order:
-            data = volume[:, i]  # (Z, lines, K)
-            if previous is None:
-                current = data
-            else:
-                shifted = _shift_lines(previous, step_across, xp)
-                pair = xp.minimum(weight[:, i], _shift_lines(previous_weight, step_across, xp))
-                floor = shifted.min(axis=-1, keepdims=True)
-                smooth = _min_filter(shifted, free_labels, periodic, xp)
+            current = path[:, i]  # (Z, lines, K)
+            current[...] = volume[:, i]
+            if previous is not None:
+                continuing = previous[:, source]
+                pair = xp.minimum(weight[:, i, target], previous_weight[:, source])
+                floor = continuing.min(axis=-1, keepdims=True)
+                smooth = _min_filter(continuing, free_labels, periodic, xp)
                 smooth = _linear_distance_transform(smooth, penalty_per_label * pair, periodic, reach, xp)
-                best = xp.minimum(smooth, floor + max_penalty * pair) - floor
-                current = data + xp.nan_to_num(best, nan=0.0)
-            path[:, i] = current
+                current[:, target] += xp.minimum(smooth, floor + max_penalty * pair) - floor
             previous, previous_weight = current, weight[:, i]
         total += path if along_rows else xp.swapaxes(path, 1, 2)
     return total
