@@ -92,7 +92,7 @@ def test_cost_repeats_when_echo_spacings_share_a_step():
         assert np.allclose(cost[:, 0], cost[:, 1], rtol=1e-4)
 
 
-def test_common_phase_cost_against_a_direct_fit():
+def test_common_phase_cost_against_a_direct_fit(monkeypatch):
     """The closed-form common-phase residual against real least squares over a fine grid of phases."""
     te = np.array([1.6e-3, 2.4e-3, 3.9e-3, 5.0e-3])
     phasor = fat_phasor(te, ISMRM_6PEAK, 127.74e6)
@@ -112,6 +112,10 @@ def test_common_phase_cost_against_a_direct_fit():
         fitted = stacked @ np.linalg.lstsq(stacked, target, rcond=None)[0]
         best = np.minimum(best, ((target - fitted) ** 2).sum(axis=0))
     assert np.allclose(cost[:, 0], best, rtol=1e-4)
+    # In blocks of three voxels (4 bytes × 3 energies each: free, real and imaginary part), the same costs.
+    monkeypatch.setitem(fieldmap.COST_BLOCK_BYTES, "cpu", 40)
+    blocked, _ = varpro_cost(signal, te, phasor, np.array([field_hz]), [r2star_s], common_phase=True)
+    assert np.array_equal(blocked, cost)
     # Water and fat under one phase fit exactly; with 90° between them only the free fit does.
     for offset, common_residual in ((0.0, 0.0), (np.pi / 2, 0.05)):
         voxel = design @ np.array([0.7 * np.exp(0.4j), 0.3 * np.exp(0.4j + 1j * offset)])

@@ -246,7 +246,8 @@ def varpro_cost(
     n_vox, n_r2, n_lab = signal.shape[0], len(r2star_s), len(field_hz)
     energy = power.sum(axis=1).astype(xp.float32)
     cost = xp.empty((n_vox, n_lab), dtype=xp.float32)
-    best = xp.empty((n_vox, n_lab), dtype=xp.int8) if with_best else None
+    # Zeros, not empty: a voxel whose energies are NaN matches no maximum in the scan below.
+    best = xp.zeros((n_vox, n_lab), dtype=xp.int8) if with_best else None
     block_bytes = COST_BLOCK_BYTES["cpu" if xp is np else "gpu"]
     columns = hermitian.shape[1] + (bilinear.shape[1] if common_phase else 0)
     block_voxels = max(1, block_bytes // (columns * hermitian.itemsize))
