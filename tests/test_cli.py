@@ -89,6 +89,8 @@ def test_fit_command(make_cohort, tmp_path: Path) -> None:
     assert "fitting" in status.output and "no_multiecho" in status.output
     bad = CliRunner().invoke(main, ["fit", str(store), "--set", "fitting.spectrum=olive_oil"])
     assert bad.exit_code == 2 and "olive_oil" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(main, ["fit", str(store), "--set", "fitting.options.model=free"])
+    assert bad.exit_code == 2 and "got 'free" in bad.output and "Traceback" not in bad.output
 
 
 def test_analyse_and_report(tmp_path: Path) -> None:
