@@ -526,7 +526,8 @@ def main() -> None:
     ]
     summary = []
     for entry in rows:
-        if entry["fitter"].startswith(ours_name(DEFAULT_MODEL)) and entry["case"] in ANCHOR_BEST:
+        default = ours_name(DEFAULT_MODEL)
+        if entry["fitter"] in (default, f"{default} (CuPy)") and entry["case"] in ANCHOR_BEST:
             summary.append(
                 f"{entry['case']} {entry['device']}: ours {entry['score']} in {entry['s_per_case']} s vs "
                 f"{ANCHOR_BEST[entry['case']]} in 5–8 s (mri-fatwater, quoted)"
