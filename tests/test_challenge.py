@@ -47,7 +47,7 @@ def test_challenge_score(name):
 
 def test_case_12_under_one_water_fat_phase():
     """The phase-constrained fit (``FitOptions.model="common_phase"``) on case 12: measured 9,750, where
-    the voxels by the heart whose free fat takes up misfit lose fat."""
+    voxels to which free phases give too much fat come out with less."""
     case = load_challenge(case_path("12_ISMRM"))
     assert fitted_score(case, [0, 1, 2, 3], FitOptions(model="common_phase")) >= 9_745
 
