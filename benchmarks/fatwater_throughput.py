@@ -525,8 +525,8 @@ def main() -> None:
         ANCHORS,
     ]
     summary = []
+    default = ours_name(DEFAULT_MODEL)
     for entry in rows:
-        default = ours_name(DEFAULT_MODEL)
         if entry["fitter"] in (default, f"{default} (CuPy)") and entry["case"] in ANCHOR_BEST:
             summary.append(
                 f"{entry['case']} {entry['device']}: ours {entry['score']} in {entry['s_per_case']} s vs "
