@@ -430,8 +430,8 @@ def main() -> None:
             if (nan := int(np.isnan(pdff).sum())) > 0:
                 counted = int(np.isnan(pdff[mask]).sum()) if (mask := masks.get(name)) is not None else 0
                 issues.append(
-                    f"Observation: our fat fraction is NaN in {nan} voxels of {name} ({counted} of them "
-                    "scored; pycsemri returns 0 there)."
+                    f"Observation: the fat fraction of {ours_name(model)} is NaN in {nan} voxels of {name} "
+                    f"({counted} of them scored; pycsemri returns 0 there)."
                 )
             entry = row(ours_name(model), "CPU", name, voxels, args.threads, wall, cpu,
                         scorer(pdff) if scorer else None)  # fmt: skip
