@@ -135,6 +135,12 @@ def test_maps_shapes_flags_and_validation() -> None:
         fit_magnitude(-magnitude, te, F0, noise_sigma=1.0)
     with pytest.raises(ValueError, match="echo times"):
         fit_magnitude(magnitude, te[:5], F0, noise_sigma=1.0)
+    with pytest.raises(ValueError, match=r"below r2star_max_s, got 1500\.0 and 1000\.0"):
+        MagnitudeOptions(r2star_min_s=1500.0, r2star_max_s=1000.0)
+    with pytest.raises(ValueError, match="starts_per_half 1 to fraction_grid_points, got 100, 7 and 6"):
+        MagnitudeOptions(starts_per_half=7)
+    with pytest.raises(ValueError, match="r2star_grid_ratio > 1"):
+        MagnitudeOptions(r2star_grid_ratio=1.0)
 
 
 # --- accuracy at SNR 50 -------------------------------------------------------------------------------------
@@ -229,6 +235,27 @@ def test_noise_floor_removes_r2star_bias(te, snr, r2star) -> None:
     assert abs(bias_floor) < 0.1
     assert bias_plain < -0.15
     assert abs(bias_floor) < abs(bias_plain) / 3
+
+
+# --- the R2* floor ------------------------------------------------------------------------------------------
+
+
+def test_r2star_floor_at_0_keeps_the_water_side_of_slowly_decaying_tissue() -> None:
+    """Without phase, R2* ≥ 0 is what tells water that hardly decays from its fat-dominant alias.
+
+    Measured (6 echoes, SNR 20, R2* 0, 3,000 voxels, seed 5): right side 100 % at PDFF 0–20 % with the floor
+    at 0, 80–90 % with it at −100 s⁻¹; mean R2* +2.1 to +3.0 s⁻¹ with the floor, median 0.00.
+    """
+    n, snr = 3000, 20.0
+    pdff = np.repeat([0.0, 0.05, 0.2], n // 3)
+    magnitude = noisy_magnitude(TE_6, pdff, np.zeros(n), snr, seed=5)
+    floored = fit_magnitude(magnitude, TE_6, F0, noise_sigma=1 / snr)
+    below_0 = MagnitudeOptions(r2star_min_s=-100.0)
+    free = fit_magnitude(magnitude, TE_6, F0, noise_sigma=1 / snr, options=below_0)
+    assert np.mean(floored.pdff < 0.5) > 0.99
+    assert np.mean(free.pdff < 0.5) < 0.95
+    assert np.all(floored.r2star >= 0) and abs(np.median(floored.r2star)) < 0.5
+    assert 1.0 < np.mean(floored.r2star) < 5.0  # the floor's cost: the mean, not the median
 
 
 # --- noise estimation ---------------------------------------------------------------------------------------

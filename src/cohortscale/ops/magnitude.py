@@ -84,7 +84,12 @@ class MagnitudeOptions:
         Spacing of the R2* values of the starting grid search (:func:`r2star_grid`): this step (s⁻¹) at
         low R2*, this ratio between neighbours at high R2*.
     r2star_min_s, r2star_max_s : float
-        Bounds of R2*, s⁻¹ (iron-overloaded liver reaches ~1000 s⁻¹).
+        Bounds of R2*, s⁻¹ (iron-overloaded liver reaches ~1000 s⁻¹). The floor stays at 0 here, unlike the
+        complex fit's: magnitudes carry no phase, and R2* ≥ 0 is what keeps the fat-dominant alias of
+        slowly decaying water from fitting as well as the truth. Measured at 6 echoes, SNR 20, R2* 0, 3,000
+        voxels: water side right in 100 % at PDFF 0–20 % with the floor at 0 against 80–90 % with it at
+        −100 s⁻¹. What the floor costs is the mean R2* of such tissue (+2.1 to +3.0 s⁻¹ there); its
+        median, the statistic magnitude maps are read by, stays at 0.
     noise_estimate : {"residual", "background"}
         How σ is estimated when ``noise_sigma`` is None: from the fit residual of bright voxels
         (:func:`noise_sigma_residual`; needs ≥ 4 echoes) or from the noise-only background
@@ -144,6 +149,22 @@ class MagnitudeOptions:
     low_signal_fraction: float = 0.05
     max_relative_residual: float = 0.2
     chunk_voxels: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        if not self.r2star_min_s < self.r2star_max_s:
+            raise ValueError(
+                f"r2star_min_s must be below r2star_max_s, got {self.r2star_min_s} and {self.r2star_max_s}"
+            )
+        if self.iterations < 1 or not 1 <= self.starts_per_half <= self.fraction_grid_points:
+            raise ValueError(
+                "iterations must be ≥ 1 and starts_per_half 1 to fraction_grid_points, got "
+                f"{self.iterations}, {self.starts_per_half} and {self.fraction_grid_points}"
+            )
+        if self.r2star_grid_step_s <= 0 or self.r2star_grid_ratio <= 1:
+            raise ValueError(
+                "r2star_grid_step_s must be > 0 and r2star_grid_ratio > 1, got "
+                f"{self.r2star_grid_step_s} and {self.r2star_grid_ratio}"
+            )
 
 
 @dataclass(frozen=True)
