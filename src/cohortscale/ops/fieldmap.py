@@ -255,8 +255,14 @@ def varpro_cost(
         block = slice(start, start + block_voxels)
         explained = features[block] @ hermitian
         if common_phase:
+            # ½(yᴴMy + |yᵀMy|), in place: fresh temporaries of this size cost more than the arithmetic.
             parts = (bilinear_features[block] @ bilinear).reshape(-1, 2, n_r2 * n_lab)
-            explained = 0.5 * (explained + xp.sqrt(parts[:, 0] ** 2 + parts[:, 1] ** 2))
+            modulus, imaginary = parts[:, 0], parts[:, 1]
+            modulus *= modulus
+            imaginary *= imaginary
+            modulus += imaginary
+            explained += xp.sqrt(modulus, out=modulus)
+            explained *= 0.5
         explained = explained.reshape(-1, n_r2, n_lab)
         top = explained.max(axis=1)
         if with_best:
@@ -265,8 +271,8 @@ def varpro_cost(
             chosen = best[block]
             for index in range(n_r2 - 1, -1, -1):
                 chosen[explained[:, index] == top] = index
-        cost[block] = energy[block, None] - top
-    return xp.maximum(cost, 0), best
+        xp.subtract(energy[block, None], top, out=cost[block])
+    return xp.maximum(cost, 0, out=cost), best
 
 
 def _line_overlap(n_lines: int, step: int) -> tuple[slice, slice]:
