@@ -243,8 +243,9 @@ def test_noise_floor_removes_r2star_bias(te, snr, r2star) -> None:
 def test_r2star_floor_at_0_keeps_the_water_side_of_slowly_decaying_tissue() -> None:
     """Without phase, R2* ≥ 0 is what tells water that hardly decays from its fat-dominant alias.
 
-    Measured (6 echoes, SNR 20, R2* 0, 3,000 voxels, seed 5): right side 100 % at PDFF 0–20 % with the floor
-    at 0, 80–90 % with it at −100 s⁻¹; mean R2* +2.1 to +3.0 s⁻¹ with the floor, median 0.00.
+    Measured (6 echoes, SNR 20, R2* 0, 3,000 voxels per PDFF, seed 5): right side 100 % at PDFF 0–20 % with
+    the floor at 0, 80–90 % with it at −100 s⁻¹; mean R2* +2.1 to +3.0 s⁻¹ with the floor, median 0.00.
+    Here (1,000 voxels per PDFF): 100 % against 86.6 %, mean +2.47 s⁻¹.
     """
     n, snr = 3000, 20.0
     pdff = np.repeat([0.0, 0.05, 0.2], n // 3)

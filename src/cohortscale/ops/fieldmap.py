@@ -255,7 +255,7 @@ def varpro_cost(
         block = slice(start, start + block_voxels)
         explained = features[block] @ hermitian
         if common_phase:
-            # ½(yᴴMy + |yᵀMy|), in place: fresh temporaries of this size cost more than the arithmetic.
+            # ½(yᴴMy + |yᵀMy|), formed in place: no fresh temporaries of the block's size.
             parts = (bilinear_features[block] @ bilinear).reshape(-1, 2, n_r2 * n_lab)
             modulus, imaginary = parts[:, 0], parts[:, 1]
             modulus *= modulus
