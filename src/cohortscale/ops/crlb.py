@@ -83,9 +83,10 @@ class CRLB:
         return array_module(self.covariance).sqrt(self.covariance[..., k, k])
 
 
-def _check_model(model: str) -> None:
+def check_model(model: str) -> None:
+    """Raise ValueError naming ``model`` unless it is one of :data:`PARAMETERS`' models."""
     if model not in PARAMETERS:
-        raise ValueError(f"model must be one of {sorted(PARAMETERS)}, not {model!r}")
+        raise ValueError(f"model must be one of {sorted(PARAMETERS)}, got {model!r}")
 
 
 def signal_jacobian(
@@ -124,7 +125,7 @@ def signal_jacobian(
         ``∂s(t_n)/∂θ_k`` with ``θ`` ordered as ``PARAMETERS[model]``, on the backend (NumPy or CuPy) of
         the amplitudes and R2*.
     """
-    _check_model(model)
+    check_model(model)
     xp = array_module(water, fat, r2star_s, field_map_hz)
     te = xp.asarray(echo_times_s, dtype=xp.float64)
     water, fat, r2star_s, field_map_hz = (
@@ -218,7 +219,7 @@ def crlb(
         SD bounds with the broadcast shape of the inputs, plus the Fisher and covariance matrices, on the
         backend (NumPy or CuPy) of ``pdff`` and ``r2star_s``.
     """
-    _check_model(model)
+    check_model(model)
     xp = array_module(pdff, r2star_s, field_map_hz)
     pdff = xp.asarray(pdff, dtype=xp.float64)
     if bool(xp.any((pdff < 0) | (pdff > 1))):

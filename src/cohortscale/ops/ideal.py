@@ -39,7 +39,7 @@ import scipy.special
 import scipy.stats
 
 from cohortscale.backend import array_module, ndimage_module, to_numpy
-from cohortscale.ops.crlb import Model, crlb
+from cohortscale.ops.crlb import Model, check_model, crlb
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star, multiecho_signal
 from cohortscale.ops.fieldmap import FieldGrid, aggregate, coarsen, field_grid, flip_regions, varpro_cost
 
@@ -162,6 +162,12 @@ def flag_where(condition, flag: Quality):
     """
     xp = array_module(condition)
     return condition.astype(xp.uint8) * np.uint8(flag)
+
+
+def check_r2star_bounds(r2star_min_s: float, r2star_max_s: float) -> None:
+    """Raise ValueError naming both bounds (s⁻¹) unless the lower is below the upper."""
+    if not r2star_min_s < r2star_max_s:
+        raise ValueError(f"r2star_min_s must be below r2star_max_s, got {r2star_min_s} and {r2star_max_s}")
 
 
 @dataclass(frozen=True)
@@ -339,14 +345,10 @@ class FitOptions:
             raise ValueError(f"coarse_block_px must be ≥ 1, got {self.coarse_block_px}")
         if not 0 < self.background_quantile < 1:
             raise ValueError(f"background_quantile must be within (0, 1), got {self.background_quantile}")
-        if self.model not in ("common_phase", "complex"):
-            raise ValueError(f"model must be 'common_phase' or 'complex', got {self.model!r}")
+        check_model(self.model)
         if self.r2star_prior_window_px < 1:
             raise ValueError(f"r2star_prior_window_px must be ≥ 1, got {self.r2star_prior_window_px}")
-        if not self.r2star_min_s < self.r2star_max_s:
-            raise ValueError(
-                f"r2star_min_s must be below r2star_max_s, got {self.r2star_min_s} and {self.r2star_max_s}"
-            )
+        check_r2star_bounds(self.r2star_min_s, self.r2star_max_s)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,14 @@ import numpy as np
 
 from cohortscale.backend import array_module, to_numpy
 from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star
-from cohortscale.ops.ideal import FatWaterMaps, Quality, check_echo_times, flag_where, quality_flags
+from cohortscale.ops.ideal import (
+    FatWaterMaps,
+    Quality,
+    check_echo_times,
+    check_r2star_bounds,
+    flag_where,
+    quality_flags,
+)
 
 #: ``√(π/2)``: the Rayleigh mean is ``σ √(π/2)``.
 SQRT_HALF_PI = math.sqrt(math.pi / 2)
@@ -151,10 +158,7 @@ class MagnitudeOptions:
     chunk_voxels: int = 1 << 16
 
     def __post_init__(self) -> None:
-        if not self.r2star_min_s < self.r2star_max_s:
-            raise ValueError(
-                f"r2star_min_s must be below r2star_max_s, got {self.r2star_min_s} and {self.r2star_max_s}"
-            )
+        check_r2star_bounds(self.r2star_min_s, self.r2star_max_s)
         if self.iterations < 1 or not 1 <= self.starts_per_half <= self.fraction_grid_points:
             raise ValueError(
                 "iterations must be ≥ 1 and starts_per_half 1 to fraction_grid_points, got "
