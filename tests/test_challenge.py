@@ -13,6 +13,7 @@ from cohortscale.io.challenge import (
     challenge_score,
     load_challenge,
 )
+from cohortscale.ops.fatwater import ISMRM_6PEAK, multiecho_signal
 from cohortscale.ops.ideal import FitOptions, fit_fatwater
 
 CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ismrm2012"
@@ -104,3 +105,61 @@ def test_reader_and_score_conventions(tmp_path):
     bad.write_bytes(b"not matlab")
     with pytest.raises(ChallengeFileError, match=r"bad\.mat"):
         load_challenge(bad)
+
+
+#: Reference fat-fraction bins (lower, upper) in which the fitted fat fraction's median offset is checked.
+FAT_FRACTION_BINS = ((0.0, 0.05), (0.05, 0.15), (0.15, 0.3), (0.3, 0.6), (0.6, 0.9), (0.9, 1.0))
+
+
+def median_offsets(case, maps) -> dict[tuple[float, float], float]:
+    """Median of fitted minus reference fat fraction per reference bin holding at least 500 voxels."""
+    error = np.moveaxis(challenge_fat_fraction(maps.water, maps.fat), 0, 2) - case.ref
+    offsets = {}
+    for lower, upper in FAT_FRACTION_BINS:
+        inside = case.eval_mask & (case.ref >= lower) & (case.ref < upper)
+        if inside.sum() >= 500:
+            offsets[(lower, upper)] = float(np.median(error[inside]))
+    return offsets
+
+
+def test_case_12_shortfall_is_a_fat_offset_where_fat_departs_from_the_model():
+    """Why case 12 misses its goal: the fit's fat fraction runs over the reference at every fat fraction,
+    where case 17's does not, and case 12's fat-dominant voxels depart from the 6-peak model.
+
+    Measured: median offsets +1.2, +2.0, +2.3, +3.0 and +2.3 points over reference bins 0–5, 5–15, 15–30,
+    30–60 and 60–90 %; 1,623 of the 1,682 voxels that miss have too much fat. Case 17: −0.4 to +0.1 points.
+    In case 12's bright voxels (over the 60th percentile of the signal norm) the RMS residual at echoes 1–4
+    is 7.9, 6.7, 26.7 and 9.5 % of the signal where fat dominates, against 1.0, 2.1, 3.4 and 2.3 % where
+    water does (PDFF under 10 %).
+
+    Calibrating the fat signal from the image (Yu et al. 2008) does not settle it. Per-echo factors on the
+    model's fat signal, fitted to fat-dominant voxels whose PDFF bound is under 2 points, scored 9,795 when
+    scaled to 1 at the first echo, but 9,735 when the parts that the voxels' own fat amplitude, field and
+    R2* absorb are taken out: the gain is a rescaling of fat that the echoes cannot determine. Fitting the
+    6-peak spectrum's amplitudes instead (sum 1, so fat keeps its scale) scored 9,770–9,772 with the
+    1.94 ppm peak at −0.07 to −0.08, and at most 9,725 with the amplitudes kept ≥ 0.
+    """
+    offsets = {}
+    for name in ("17_ISMRM", "12_ISMRM"):  # case 12 last: its fit is looked into below
+        case = load_challenge(case_path(name))
+        signal = np.moveaxis(case.signal, 2, 0)
+        maps = fit_fatwater(signal, case.echo_times_s, case.imaging_frequency_hz, phase_sign=case.phase_sign)
+        offsets[name] = median_offsets(case, maps)
+        print(f"\n{name}: median offsets (points) {[round(100 * v, 2) for v in offsets[name].values()]}")
+    assert len(offsets["12_ISMRM"]) == 5 and min(offsets["12_ISMRM"].values()) > 0.008
+    assert len(offsets["17_ISMRM"]) == 4 and max(abs(v) for v in offsets["17_ISMRM"].values()) < 0.006
+
+    data = signal if case.phase_sign > 0 else signal.conj()
+    model = multiecho_signal(
+        maps.water, maps.fat, maps.r2star, maps.b0, case.echo_times_s, ISMRM_6PEAK, case.imaging_frequency_hz
+    )
+    norm = np.linalg.norm(data, axis=-1)
+    bright = norm > np.percentile(norm, 60)
+
+    def relative_misfit(voxels):
+        residual = (np.abs(data - model)[voxels] ** 2).mean(axis=0)
+        return np.sqrt(residual / (np.abs(data[voxels]) ** 2).mean(axis=0))
+
+    fat, water = relative_misfit(bright & (maps.pdff > 0.5)), relative_misfit(bright & (maps.pdff < 0.1))
+    print(f"per-echo RMS misfit (%): fat-dominant {np.round(100 * fat, 1)}, water {np.round(100 * water, 1)}")
+    assert np.all(fat > 2.5 * water)
