@@ -111,9 +111,14 @@ def test_reader_and_score_conventions(tmp_path):
 FAT_FRACTION_BINS = ((0.0, 0.05), (0.05, 0.15), (0.15, 0.3), (0.3, 0.6), (0.6, 0.9), (0.9, 1.0))
 
 
+def fat_fraction_error(case, maps) -> np.ndarray:
+    """Fitted minus reference fat fraction, as the challenge computes the fitted one, shaped like ``ref``."""
+    return np.moveaxis(challenge_fat_fraction(maps.water, maps.fat), 0, 2) - case.ref
+
+
 def median_offsets(case, maps) -> dict[tuple[float, float], float]:
     """Median of fitted minus reference fat fraction per reference bin holding at least 500 voxels."""
-    error = np.moveaxis(challenge_fat_fraction(maps.water, maps.fat), 0, 2) - case.ref
+    error = fat_fraction_error(case, maps)
     offsets = {}
     for lower, upper in FAT_FRACTION_BINS:
         inside = case.eval_mask & (case.ref >= lower) & (case.ref < upper)
@@ -139,15 +144,22 @@ def test_case_12_shortfall_is_a_fat_offset_where_fat_departs_from_the_model():
     6-peak spectrum's amplitudes instead (sum 1, so fat keeps its scale) scored 9,770–9,772 with the
     1.94 ppm peak at −0.07 to −0.08, and at most 9,725 with the amplitudes kept ≥ 0.
     """
-    offsets = {}
-    for name in ("17_ISMRM", "12_ISMRM"):  # case 12 last: its fit is looked into below
+    fits = {}
+    for name in ("12_ISMRM", "17_ISMRM"):
         case = load_challenge(case_path(name))
         signal = np.moveaxis(case.signal, 2, 0)
         maps = fit_fatwater(signal, case.echo_times_s, case.imaging_frequency_hz, phase_sign=case.phase_sign)
-        offsets[name] = median_offsets(case, maps)
-        print(f"\n{name}: median offsets (points) {[round(100 * v, 2) for v in offsets[name].values()]}")
+        fits[name] = case, signal, maps
+    offsets = {name: median_offsets(case, maps) for name, (case, _, maps) in fits.items()}
+    for name, values in offsets.items():
+        print(f"\n{name}: median offsets (points) {[round(100 * v, 2) for v in values.values()]}")
     assert len(offsets["12_ISMRM"]) == 5 and min(offsets["12_ISMRM"].values()) > 0.008
     assert len(offsets["17_ISMRM"]) == 4 and max(abs(v) for v in offsets["17_ISMRM"].values()) < 0.006
+
+    case, signal, maps = fits["12_ISMRM"]
+    error = fat_fraction_error(case, maps)
+    missed = error[case.eval_mask & ~(np.abs(error) < 0.1)]
+    assert np.mean(missed > 0) > 0.9  # measured 1,623 of 1,682
 
     data = signal if case.phase_sign > 0 else signal.conj()
     model = multiecho_signal(

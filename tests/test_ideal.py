@@ -722,7 +722,8 @@ def test_monte_carlo_against_cramer_rao_bound():
     Swaps are asserted in every cell; bias and SD wherever the fast-decay alias is separable
     (:func:`decay_alias_separation` ≥ 9 noise variances, three noise SDs): all cells but the 10-echo
     protocol's at R2* 300 s⁻¹ at SNR 20 and at PDFF 50–80 % at SNR 50, which are printed. At SNR 20 even
-    an oracle given the true field and R2* misses the PDFF bias limit in half of those cells
+    an oracle given the true field and R2* misses the PDFF bias limit of magnitude discrimination in half
+    of those cells
     (:func:`test_pdff_bias_limit_is_out_of_reach_at_10_echoes_r2star_300_snr_20`); at SNR 50 the fit is at
     the likelihood optimum (:func:`test_fit_is_at_the_likelihood_optimum_where_its_sd_exceeds_the_bound`).
     """
