@@ -199,10 +199,25 @@ def aggregation_case(periodic: bool, seed: int = 0):
 
 
 @pytest.mark.parametrize("periodic", [True, False])
-def test_aggregation_follows_its_definition(periodic):
+@pytest.mark.parametrize(
+    "free_labels, penalty_per_label, max_penalty",
+    # The cap reached within a few labels; a free band wider than one doubling step; no cap within the grid
+    # (the distance transform's shifts then compose every distance).
+    [(1, 1.5, 4.0), (3, 0.7, 9.0), (0, 2.0, 1e4)],
+)
+def test_aggregation_follows_its_definition(periodic, free_labels, penalty_per_label, max_penalty):
     cost, weights, penalty = aggregation_case(periodic)
+    penalty.update(free_labels=free_labels, penalty_per_label=penalty_per_label, max_penalty=max_penalty)
     expected = aggregate_by_definition(cost, weights, **penalty)
     np.testing.assert_allclose(aggregate(cost, weights, **penalty), expected, rtol=1e-5)
+    # A plane wider than tall, with more labels than the reach.
+    wide = np.random.default_rng(3).uniform(0, 30, size=(1, 4, 9, 23)).astype(np.float32)
+    wide_weights = np.random.default_rng(4).uniform(0, 1, size=(1, 4, 9)).astype(np.float32)
+    np.testing.assert_allclose(
+        aggregate(wide, wide_weights, **penalty),
+        aggregate_by_definition(wide, wide_weights, **penalty),
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.gpu
@@ -210,8 +225,8 @@ def test_aggregation_follows_its_definition(periodic):
 @pytest.mark.parametrize(
     "periodic, free_labels, max_penalty", [(True, 1, 4.0), (False, 1, 4.0), (True, 0, 1e4), (False, 3, 4.0)]
 )
-def test_gpu_aggregation_equals_numpy_bit_for_bit(periodic, free_labels, max_penalty):
-    """The CUDA kernel does the NumPy code's float32 operations in its order: the same volume exactly."""
+def test_gpu_aggregation_equals_cpu_bit_for_bit(periodic, free_labels, max_penalty):
+    """The CUDA kernel does the CPU kernel's float32 operations in their order: the same volume exactly."""
     import cupy
 
     cost, weights, penalty = aggregation_case(periodic, seed=1)

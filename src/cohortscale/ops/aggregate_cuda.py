@@ -1,13 +1,13 @@
-"""Semi-global aggregation of a field-map cost volume as one CUDA kernel per path direction (CuPy).
+"""Semi-global aggregation of a field-map cost volume as one CUDA kernel per path direction (CuPy): the GPU
+twin of :mod:`cohortscale.ops.aggregate_cpu`.
 
-:func:`cohortscale.ops.fieldmap.aggregate` walks each image line with a dozen array operations per step;
-on a GPU every one of them is a kernel launch, and for a single slice the launches, not the arithmetic,
-set the time (2.3 s of challenge case 12's 3.0 s fit on an H200, over 23,000 label shifts; with this
-kernel the fit takes 1.3 s, most of it the region moves on the host). Here one
-thread block walks one plane's whole path: per step it takes the previous step's costs of the neighbouring
-lines, their minimum filter over the free labels and the linear distance transform, in the same order of
-float32 operations as the NumPy code, without fused multiply–adds, so that both give the same volume bit
-for bit.
+Walking each image line with array operations took a dozen per step, and on a GPU every one of them is a
+kernel launch: for a single slice the launches, not the arithmetic, set the time (2.3 s of challenge case
+12's 3.0 s fit on an H200, over 23,000 label shifts; with this kernel the fit takes 1.3 s, most of it the
+region moves on the host). Here one thread block walks one plane's whole path: per step it takes the
+previous step's costs of the neighbouring lines, their minimum filter over the free labels and the linear
+distance transform, in the same order of float32 operations as the CPU kernel, without fused
+multiply–adds, so that both give the same volume bit for bit.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ extern "C" __global__ void sgm_direction(
             }
             __syncthreads();
             // Linear distance transform by shifts of 1, 2, 4, ... labels up to the reach, each way, as the
-            // NumPy code.
+            // CPU kernel.
             for (int shift = 1; shift <= reach; shift *= 2) {
                 for (int sign = 1; sign >= -1; sign -= 2) {
                     for (long long e = threadIdx.x; e < row; e += blockDim.x) {
@@ -117,7 +117,7 @@ extern "C" __global__ void sgm_direction(
 def _kernel() -> Any:
     import cupy
 
-    # No fused multiply–adds: each product and sum rounds to float32 as in NumPy.
+    # No fused multiply–adds: each product and sum rounds to float32 as on the CPU.
     return cupy.RawKernel(_SOURCE, "sgm_direction", options=("--fmad=false",))
 
 
@@ -144,7 +144,7 @@ def aggregate_cuda(
     Returns
     -------
     cupy.ndarray, float32, shape (Z, Y, X, K)
-        The same values as the NumPy code, bit for bit.
+        The same values as :func:`cohortscale.ops.aggregate_cpu.aggregate_cpu`, bit for bit.
     """
     import cupy
 

@@ -275,15 +275,9 @@ def varpro_cost(
     return xp.maximum(cost, 0, out=cost), best
 
 
-def _line_overlap(n_lines: int, step: int) -> tuple[slice, slice]:
-    """Lines of the previous step (``source``) and the lines they continue into (``target``) when paths
-    move ``step`` (−1, 0, +1) lines across; the target lines left over start a path."""
-    return slice(max(0, -step), n_lines - max(0, step)), slice(max(0, step), n_lines - max(0, -step))
-
-
 def _roll_labels(values, shift: int, periodic: bool, xp):
     """``values`` moved by ``shift`` labels; without wrap-around the vacated labels are +inf."""
-    # Two slice copies: lighter than xp.roll on the small per-line arrays of the aggregation.
+    # Two slice copies, the vacated labels filled at once (xp.roll would wrap them).
     rolled = xp.empty_like(values)
     if shift > 0:
         rolled[..., shift:] = values[..., :-shift]
@@ -319,21 +313,6 @@ def distance_transform_reach(n_labels: int, penalty_per_label: float, max_penalt
     return min(n_labels - 1, math.ceil(max_penalty / penalty_per_label) + 1)
 
 
-def _linear_distance_transform(values, penalty_per_label: float, periodic: bool, reach: int, xp):
-    """``min_k' values[k'] + penalty·|k − k'|`` over the last axis (wrapping when periodic), for
-    ``|k − k'|`` up to at least ``reach``.
-
-    Shifts by 1, 2, 4, … labels compose every distance exactly, so log₂(reach) vectorised steps suffice.
-    """
-    out = values
-    shift = 1
-    while shift <= reach:
-        for sign in (1, -1):
-            out = xp.minimum(out, _roll_labels(out, sign * shift, periodic, xp) + penalty_per_label * shift)
-        shift *= 2
-    return out
-
-
 def path_axes(dy: int, dx: int) -> tuple[bool, int, int]:
     """How a path direction (row step, column step) walks a plane: whether along rows (the row axis, when
     its step is nonzero; else along columns), the step along that axis, and the step across the lines (the
@@ -364,39 +343,18 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
     Returns
     -------
     ndarray, float32, shape (Z, Y, X, K)
-        Sum of the path costs over the directions.
+        Sum of the path costs over the directions, in float32 and bit for bit the same on either backend.
     """
     xp = array_module(cost)
-    if xp is not np and cost.dtype == weights.dtype == xp.float32:
-        # A GPU runs the walk as one kernel per direction: here each step would be a dozen launches.
-        from cohortscale.ops.aggregate_cuda import aggregate_cuda
-
-        return aggregate_cuda(
-            cost, weights, SGM_DIRECTIONS, free_labels, penalty_per_label, max_penalty, periodic
-        )
-    reach = distance_transform_reach(cost.shape[-1], penalty_per_label, max_penalty)
-    total = xp.zeros_like(cost)
-    for dy, dx in SGM_DIRECTIONS:
-        along_rows, step_along, step_across = path_axes(dy, dx)
-        volume = cost if along_rows else xp.swapaxes(cost, 1, 2)
-        weight = (weights if along_rows else xp.swapaxes(weights, 1, 2))[..., None]
-        order = range(volume.shape[1]) if step_along > 0 else range(volume.shape[1] - 1, -1, -1)
-        path = xp.empty_like(volume)
-        source, target = _line_overlap(volume.shape[2], step_across)
-        previous = previous_weight = None
-        for i in order:
-            current = path[:, i]  # (Z, lines, K)
-            current[...] = volume[:, i]
-            if previous is not None:
-                continuing = previous[:, source]
-                pair = xp.minimum(weight[:, i, target], previous_weight[:, source])
-                floor = continuing.min(axis=-1, keepdims=True)
-                smooth = _min_filter(continuing, free_labels, periodic, xp)
-                smooth = _linear_distance_transform(smooth, penalty_per_label * pair, periodic, reach, xp)
-                current[:, target] += xp.minimum(smooth, floor + max_penalty * pair) - floor
-            previous, previous_weight = current, weight[:, i]
-        total += path if along_rows else xp.swapaxes(path, 1, 2)
-    return total
+    cost, weights = cost.astype(xp.float32, copy=False), weights.astype(xp.float32, copy=False)
+    # Each step of a path depends on the one before: a compiled walk per direction on either backend, where
+    # array operations over whole steps took a dozen per step (on a GPU, a launch each). Imported here: the
+    # kernel modules import this one's helpers, and Numba loads only when a field map is aggregated.
+    if xp is np:
+        from cohortscale.ops.aggregate_cpu import aggregate_cpu as walk
+    else:
+        from cohortscale.ops.aggregate_cuda import aggregate_cuda as walk
+    return walk(cost, weights, SGM_DIRECTIONS, free_labels, penalty_per_label, max_penalty, periodic)
 
 
 def coarsen(cost, weights, block_px: int, tolerance_labels: int, periodic: bool) -> tuple[Any, Any]:
