@@ -16,8 +16,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cohortscale.ops.fieldmap import distance_transform_reach, path_axes
-
 
 @numba.njit(inline="always")
 def _lower_to(out, values, moved, penalty):
@@ -50,7 +48,7 @@ def _shift_pass(out, values, shift, penalty, periodic):
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk(
+def walk_direction(
     cost,
     weights,
     total,
@@ -63,8 +61,24 @@ def _walk(
     periodic,
     reach,
 ):
-    """Add one direction's path costs to ``total``: ``cost``, ``total`` (Z, Y, X, K) and ``weights``
-    (Z, Y, X), walked along rows (the row axis) or along columns."""
+    """Add one path direction's costs to ``total``, in place.
+
+    Parameters
+    ----------
+    cost : ndarray, float32, C-contiguous, shape (Z, Y, X, K)
+    weights : ndarray, float32, C-contiguous, shape (Z, Y, X)
+    total : ndarray, float32, C-contiguous, shape (Z, Y, X, K)
+        Sum of the path costs of the directions walked so far.
+    along_rows, step_along, step_across
+        How the direction walks a plane (:func:`cohortscale.ops.fieldmap.path_axes`).
+    free_labels : int
+    penalty_per_label, max_penalty : numpy.float32
+    periodic : bool
+        As in :func:`cohortscale.ops.fieldmap.aggregate`.
+    reach : int
+        The longest shift of the distance transform
+        (:func:`cohortscale.ops.fieldmap.distance_transform_reach`).
+    """
     planes, n_rows, n_cols, n_labels = cost.shape
     n_along, n_lines = (n_rows, n_cols) if along_rows else (n_cols, n_rows)
     zero = np.float32(0)
@@ -123,50 +137,3 @@ def _walk(
                 total[plane, i] += previous
             else:
                 total[plane, :, i] += previous
-
-
-def aggregate_cpu(
-    cost,
-    weights,
-    directions: tuple[tuple[int, int], ...],
-    free_labels: int,
-    penalty_per_label: float,
-    max_penalty: float,
-    periodic: bool,
-) -> np.ndarray:
-    """:func:`cohortscale.ops.fieldmap.aggregate` of NumPy arrays, one compiled walk per direction.
-
-    Parameters
-    ----------
-    cost : ndarray, float32, shape (Z, Y, X, K)
-    weights : ndarray, float32, shape (Z, Y, X)
-    directions : tuple of (row step, column step)
-        Path directions, summed in this order.
-    free_labels, penalty_per_label, max_penalty, periodic
-        As in :func:`~cohortscale.ops.fieldmap.aggregate`.
-
-    Returns
-    -------
-    ndarray, float32, shape (Z, Y, X, K)
-        The same values as :func:`cohortscale.ops.aggregate_cuda.aggregate_cuda`, bit for bit.
-    """
-    cost = np.ascontiguousarray(cost, dtype=np.float32)
-    weights = np.ascontiguousarray(weights, dtype=np.float32)
-    total = np.zeros_like(cost)
-    reach = distance_transform_reach(cost.shape[-1], penalty_per_label, max_penalty)
-    for dy, dx in directions:
-        along_rows, step_along, step_across = path_axes(dy, dx)
-        _walk(
-            cost,
-            weights,
-            total,
-            along_rows,
-            step_along,
-            step_across,
-            free_labels,
-            np.float32(penalty_per_label),
-            np.float32(max_penalty),
-            periodic,
-            reach,
-        )
-    return total

@@ -144,7 +144,7 @@ def aggregate_cuda(
     Returns
     -------
     cupy.ndarray, float32, shape (Z, Y, X, K)
-        The same values as :func:`cohortscale.ops.aggregate_cpu.aggregate_cpu`, bit for bit.
+        The same values as the CPU walks of :func:`cohortscale.ops.fieldmap.aggregate`, bit for bit.
     """
     import cupy
 

@@ -349,12 +349,22 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
     cost, weights = cost.astype(xp.float32, copy=False), weights.astype(xp.float32, copy=False)
     # Each step of a path depends on the one before: a compiled walk per direction on either backend, where
     # array operations over whole steps took a dozen per step (on a GPU, a launch each). Imported here: the
-    # kernel modules import this one's helpers, and Numba loads only when a field map is aggregated.
-    if xp is np:
-        from cohortscale.ops.aggregate_cpu import aggregate_cpu as walk
-    else:
-        from cohortscale.ops.aggregate_cuda import aggregate_cuda as walk
-    return walk(cost, weights, SGM_DIRECTIONS, free_labels, penalty_per_label, max_penalty, periodic)
+    # CUDA module imports this one's helpers, and Numba loads only when a field map is aggregated.
+    if xp is not np:
+        from cohortscale.ops.aggregate_cuda import aggregate_cuda
+
+        return aggregate_cuda(
+            cost, weights, SGM_DIRECTIONS, free_labels, penalty_per_label, max_penalty, periodic
+        )
+    from cohortscale.ops.aggregate_cpu import walk_direction
+
+    cost, weights = np.ascontiguousarray(cost), np.ascontiguousarray(weights)
+    total = np.zeros_like(cost)
+    reach = distance_transform_reach(cost.shape[-1], penalty_per_label, max_penalty)
+    penalty, cap = np.float32(penalty_per_label), np.float32(max_penalty)
+    for dy, dx in SGM_DIRECTIONS:
+        walk_direction(cost, weights, total, *path_axes(dy, dx), free_labels, penalty, cap, periodic, reach)
+    return total
 
 
 def coarsen(cost, weights, block_px: int, tolerance_labels: int, periodic: bool) -> tuple[Any, Any]:
