@@ -6,9 +6,9 @@ step's costs of the neighbouring line, their minimum over the free labels and th
 transform by label shifts of 1, 2, 4, … up to the reach, with the CUDA kernel's float32 operations in its
 order, so that both backends give the same volume bit for bit. A line's labels stay in cache through all
 of its shifts, where NumPy operations over whole steps (a dozen per step) went through memory at each: on
-a cost volume of challenge case 12's size (3 × 157 × 256 voxels, 64 labels) the walks take 0.35–0.38 s
-against 0.75–0.89 s, with the same volume bit for bit (2-core EPYC). The first call compiles them (6–8 s)
-into a cache on disk that later processes load in 0.2 s.
+a cost volume of challenge case 12's size (3 × 157 × 256 voxels, 64 labels, random costs) the walks take
+0.24–0.34 s against 0.84–1.04 s, with the same volume bit for bit (2-core EPYC). The first call in a
+process imports Numba and compiles them (2.8 s) into a cache on disk, which later processes load (0.4 s).
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ import numpy as np
 
 
 @numba.njit(inline="always")
-def _lower_to(out, values, moved, penalty):
-    """``out = minimum(values, moved + penalty)`` over 1-D views: a select, not min(), so that the loop
-    runs on vector units."""
-    for k in range(out.size):
-        candidate = moved[k] + penalty
-        out[k] = values[k] if values[k] < candidate else candidate
+def _lower_to(out, values, start, source, count, penalty):
+    """``out[start + k] = min(values[start + k], values[source + k] + penalty)`` for ``k < count``.
+
+    Offsets, not slices (typing slices multiplied the compile time); unsigned, so that no index is checked
+    for wrapping around and the loop runs on vector units, with a select, not min().
+    """
+    start, source = np.uint64(start), np.uint64(source)
+    for k in range(np.uint64(count)):
+        candidate = values[source + k] + penalty
+        out[start + k] = values[start + k] if values[start + k] < candidate else candidate
 
 
 @numba.njit(inline="always")
@@ -33,18 +37,20 @@ def _shift_pass(out, values, shift, penalty, periodic):
     nothing to take, unless the labels wrap."""
     n = values.size
     if shift > 0:
-        _lower_to(out[shift:], values[shift:], values[: n - shift], penalty)
+        _lower_to(out, values, shift, 0, n - shift, penalty)
         if periodic:
-            _lower_to(out[:shift], values[:shift], values[n - shift :], penalty)
+            _lower_to(out, values, 0, n - shift, shift, penalty)
         else:
-            out[:shift] = values[:shift]
+            for k in range(shift):
+                out[k] = values[k]
     else:
         shift = -shift
-        _lower_to(out[: n - shift], values[: n - shift], values[shift:], penalty)
+        _lower_to(out, values, 0, shift, n - shift, penalty)
         if periodic:
-            _lower_to(out[n - shift :], values[n - shift :], values[:shift], penalty)
+            _lower_to(out, values, n - shift, 0, shift, penalty)
         else:
-            out[n - shift :] = values[n - shift :]
+            for k in range(n - shift, n):
+                out[k] = values[k]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -65,9 +71,9 @@ def walk_direction(
 
     Parameters
     ----------
-    cost : ndarray, float32, C-contiguous, shape (Z, Y, X, K)
-    weights : ndarray, float32, C-contiguous, shape (Z, Y, X)
-    total : ndarray, float32, C-contiguous, shape (Z, Y, X, K)
+    cost : ndarray, float32, shape (Z, Y, X, K)
+    weights : ndarray, float32, shape (Z, Y, X)
+    total : ndarray, float32, shape (Z, Y, X, K)
         Sum of the path costs of the directions walked so far.
     along_rows, step_along, step_across
         How the direction walks a plane (:func:`cohortscale.ops.fieldmap.path_axes`).
@@ -94,23 +100,28 @@ def walk_direction(
     for plane in range(planes):
         for s in range(n_along):
             i = s if step_along > 0 else n_along - 1 - s
-            own[:] = cost[plane, i] if along_rows else cost[plane, :, i]
-            weight_before[:] = weight
-            weight[:] = weights[plane, i] if along_rows else weights[plane, :, i]
+            for line in range(n_lines):
+                weight_before[line] = weight[line]
+                weight[line] = weights[plane, i, line] if along_rows else weights[plane, line, i]
+                if along_rows:
+                    for k in range(n_labels):
+                        own[line, k] = cost[plane, i, line, k]
+                else:
+                    for k in range(n_labels):
+                        own[line, k] = cost[plane, line, i, k]
             for line in range(n_lines):
                 source = line - step_across
                 if s == 0 or source < 0 or source >= n_lines:
                     continue
-                before = previous[source]
-                lowest = before[0]
-                for k in range(1, n_labels):
-                    lowest = lowest if lowest < before[k] else before[k]
+                lowest = previous[source, 0]
+                for k in range(n_labels):
+                    smooth[k] = previous[source, k]
+                    lowest = lowest if lowest < smooth[k] else smooth[k]
                 floor[line] = lowest
                 pair[line] = min(weight[line], weight_before[source])
                 # First the minimum over ±free_labels (windows compose, so shifts doubling up to the
                 # half-width suffice; a wider window than the grid adds nothing), then the distance
                 # transform's shifts of 1, 2, 4, … labels up to the reach.
-                smooth[:] = before
                 half_width, covered, step, shift = min(free_labels, n_labels - 1), 0, 1, 1
                 while covered < half_width or shift <= reach:
                     if covered < half_width:
@@ -123,17 +134,19 @@ def walk_direction(
                         shift *= 2
                     _shift_pass(shifted, smooth, amount, penalty, periodic)
                     _shift_pass(smooth, shifted, -amount, penalty, periodic)
-                moved[line] = smooth
+                for k in range(n_labels):
+                    moved[line, k] = smooth[k]
             for line in range(n_lines):
                 source = line - step_across
-                if s == 0 or source < 0 or source >= n_lines:
-                    previous[line] = own[line]
-                    continue
-                capped = floor[line] + max_penalty * pair[line]
+                continuing = s > 0 and 0 <= source < n_lines
+                capped = floor[line] + max_penalty * pair[line] if continuing else zero
                 for k in range(n_labels):
-                    candidate = moved[line, k] if moved[line, k] < capped else capped
-                    previous[line, k] = own[line, k] + (candidate - floor[line])
-            if along_rows:
-                total[plane, i] += previous
-            else:
-                total[plane, :, i] += previous
+                    value = own[line, k]
+                    if continuing:
+                        candidate = moved[line, k] if moved[line, k] < capped else capped
+                        value = value + (candidate - floor[line])
+                    previous[line, k] = value
+                    if along_rows:
+                        total[plane, i, line, k] += value
+                    else:
+                        total[plane, line, i, k] += value

@@ -358,6 +358,7 @@ def aggregate(cost, weights, free_labels: int, penalty_per_label: float, max_pen
         )
     from cohortscale.ops.aggregate_cpu import walk_direction
 
+    # One compiled signature: C-contiguous arrays.
     cost, weights = np.ascontiguousarray(cost), np.ascontiguousarray(weights)
     total = np.zeros_like(cost)
     reach = distance_transform_reach(cost.shape[-1], penalty_per_label, max_penalty)
