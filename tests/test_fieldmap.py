@@ -210,7 +210,7 @@ def test_aggregation_follows_its_definition(periodic, free_labels, penalty_per_l
     penalty.update(free_labels=free_labels, penalty_per_label=penalty_per_label, max_penalty=max_penalty)
     expected = aggregate_by_definition(cost, weights, **penalty)
     np.testing.assert_allclose(aggregate(cost, weights, **penalty), expected, rtol=1e-5)
-    # A plane wider than tall, with more labels than the reach.
+    # A plane wider than it is tall, with more labels.
     wide = np.random.default_rng(3).uniform(0, 30, size=(1, 4, 9, 23)).astype(np.float32)
     wide_weights = np.random.default_rng(4).uniform(0, 1, size=(1, 4, 9)).astype(np.float32)
     np.testing.assert_allclose(
