@@ -247,14 +247,17 @@ def test_gpu_aggregation_equals_cpu_bit_for_bit(periodic, free_labels, max_penal
 
 
 @pytest.mark.parametrize("periodic", [True, False])
-@pytest.mark.parametrize("shift", [1, 5, -1, -7, 11, -11])
-def test_label_shift_is_a_roll_that_fills_with_inf_off_the_period(shift, periodic):
-    values = np.arange(2 * 3 * 12, dtype=np.float32).reshape(2, 3, 12)
-    expected = np.roll(values, shift, axis=-1)
-    if not periodic:
-        vacated = slice(None, shift) if shift > 0 else slice(shift, None)
-        expected[..., vacated] = np.inf
-    assert np.array_equal(fieldmap._roll_labels(values, shift, periodic, np), expected)
+@pytest.mark.parametrize("half_width", [0, 1, 2, 3, 6, 11])
+def test_label_minimum_filter_is_the_minimum_over_its_window(half_width, periodic):
+    values = np.random.default_rng(half_width).uniform(0, 10, size=(2, 3, 12)).astype(np.float32)
+    offsets = np.arange(-half_width, half_width + 1)
+    labels = np.arange(12)[:, None] + offsets
+    inside = (labels >= 0) & (labels < 12) if not periodic else np.ones(labels.shape, dtype=bool)
+    windows = np.where(inside, values[..., labels % 12], np.inf)
+    expected = windows.min(axis=-1)
+    filtered = fieldmap._min_filter(values, half_width, periodic, np)
+    assert np.array_equal(filtered, expected)
+    assert filtered is not values
 
 
 @pytest.mark.parametrize("periodic", [True, False])

@@ -275,27 +275,23 @@ def varpro_cost(
     return xp.maximum(cost, 0, out=cost), best
 
 
-def _roll_labels(values, shift: int, periodic: bool, xp):
-    """``values`` moved by ``shift`` labels; without wrap-around the vacated labels are +inf."""
-    # Two slice copies, the vacated labels filled at once (xp.roll would wrap them).
-    rolled = xp.empty_like(values)
-    if shift > 0:
-        rolled[..., shift:] = values[..., :-shift]
-        rolled[..., :shift] = values[..., -shift:] if periodic else xp.inf
-    else:
-        rolled[..., :shift] = values[..., -shift:]
-        rolled[..., shift:] = values[..., :-shift] if periodic else xp.inf
-    return rolled
-
-
 def _min_filter(values, half_width: int, periodic: bool, xp):
-    """Minimum over labels within ±``half_width``; windows compose, so doubling steps suffice."""
-    out, covered, step = values, 0, 1
+    """Minimum over labels within ±``half_width`` (wrapping when periodic), in a new array.
+
+    Windows compose, so doubling steps suffice; each step takes the minimum with the window so far shifted
+    either way, in place (the first step's window is ``values`` itself).
+    """
+    out = values.copy()
+    window, covered, step = values, 0, 1
     while covered < half_width:
         step = min(step, half_width - covered)
-        out = xp.minimum(
-            out, xp.minimum(_roll_labels(out, step, periodic, xp), _roll_labels(out, -step, periodic, xp))
-        )
+        if covered:
+            window = out.copy()
+        xp.minimum(out[..., step:], window[..., :-step], out=out[..., step:])
+        xp.minimum(out[..., :-step], window[..., step:], out=out[..., :-step])
+        if periodic:
+            xp.minimum(out[..., :step], window[..., -step:], out=out[..., :step])
+            xp.minimum(out[..., -step:], window[..., :step], out=out[..., -step:])
         covered += step
         step *= 2
     return out
