@@ -88,7 +88,6 @@ def walk_direction(
     planes, n_rows, n_cols, n_labels = cost.shape
     n_along, n_lines = (n_rows, n_cols) if along_rows else (n_cols, n_rows)
     zero = np.float32(0)
-    own = np.empty((n_lines, n_labels), np.float32)
     previous = np.empty((n_lines, n_labels), np.float32)
     moved = np.empty((n_lines, n_labels), np.float32)
     smooth = np.empty(n_labels, np.float32)
@@ -103,12 +102,6 @@ def walk_direction(
             for line in range(n_lines):
                 weight_before[line] = weight[line]
                 weight[line] = weights[plane, i, line] if along_rows else weights[plane, line, i]
-                if along_rows:
-                    for k in range(n_labels):
-                        own[line, k] = cost[plane, i, line, k]
-                else:
-                    for k in range(n_labels):
-                        own[line, k] = cost[plane, line, i, k]
             for line in range(n_lines):
                 source = line - step_across
                 if s == 0 or source < 0 or source >= n_lines:
@@ -141,7 +134,7 @@ def walk_direction(
                 continuing = s > 0 and 0 <= source < n_lines
                 capped = floor[line] + max_penalty * pair[line] if continuing else zero
                 for k in range(n_labels):
-                    value = own[line, k]
+                    value = cost[plane, i, line, k] if along_rows else cost[plane, line, i, k]
                     if continuing:
                         candidate = moved[line, k] if moved[line, k] < capped else capped
                         value = value + (candidate - floor[line])
