@@ -45,6 +45,16 @@ class FatSpectrum:
         """Peak offsets from water in Hz at the given proton imaging frequency (Hz)."""
         return np.asarray(self.shifts_ppm) * imaging_frequency_hz * 1e-6
 
+    def shifted(self, offset_ppm: float) -> FatSpectrum:
+        """The spectrum with every peak moved by ``offset_ppm`` relative to water (positive: towards it)."""
+        if offset_ppm == 0:
+            return self
+        return FatSpectrum(
+            f"{self.name}{offset_ppm:+.3f}ppm",
+            tuple(s + offset_ppm for s in self.shifts_ppm),
+            self.amplitudes,
+        )
+
 
 ISMRM_6PEAK = FatSpectrum(
     "ismrm6",

@@ -194,10 +194,6 @@ class MagnitudeMaps(FatWaterMaps):
     ambiguity_margin: np.ndarray
     noise_sigma: float
 
-    def as_dict(self) -> dict[str, np.ndarray]:
-        """The maps by name (the arrays only; ``noise_sigma`` is a scalar attribute)."""
-        return {name: value for name, value in super().as_dict().items() if name != "noise_sigma"}
-
 
 # --- the noise floor ----------------------------------------------------------------------------------------
 
@@ -755,4 +751,6 @@ def fit_magnitude(
         "ambiguity_margin": margin.astype(xp.float32),
     }
     reshaped = {name: value.reshape(shape) for name, value in maps.items()}
-    return MagnitudeMaps(**reshaped, noise_sigma=float(xp.median(sigma)) if sigma.size else 0.0)
+    return MagnitudeMaps(
+        **reshaped, fat_shift_ppm=0.0, noise_sigma=float(xp.median(sigma)) if sigma.size else 0.0
+    )

@@ -139,6 +139,7 @@ class FittingConfig:
                 specs[f"{MAPS}/{f}/{name}"] = ((ny, nx), dtype, dims, fill)
             specs[f"{MAPS}/{f}/affine"] = ((4, 4), "float64", ("affine_row", "affine_col"), np.nan)
             specs[f"{MAPS}/{f}/dynamics"] = ((), "int16", (), 0)
+            specs[f"{MAPS}/{f}/fat_shift_ppm"] = ((), "float32", (), np.nan)
         return specs
 
 
@@ -264,6 +265,7 @@ def fit_visit(root: zarr.Group, visit: Visit, config: FittingConfig, layout: Sto
         root[f"{MAPS}/{f}/affine"][row] = stored.affine
         used = len(stored.signal)
         root[f"{MAPS}/{f}/dynamics"][row] = used
+        root[f"{MAPS}/{f}/fat_shift_ppm"][row] = maps.fat_shift_ppm
         fitted.append(f"{f} ({used} of {stored.stored_dynamics} dynamics, {stored.echo_times_s.size} echoes)")
         if coherence < MIN_COHERENCE:
             notes.append(
@@ -324,6 +326,11 @@ def _attrs(path: str, config: FittingConfig, settings: dict) -> dict:
         _, _, units, description = PIXEL_MAPS[name]
     elif name == "affine":
         units, description = "mm", "(column, row, slice) → LPS of the multi-echo slice"
+    elif name == "fat_shift_ppm":
+        units, description = (
+            "ppm",
+            "offset of the fat peaks from the spectrum, calibrated on the slice (0: none)",
+        )
     else:
         units, description = "1", "dynamics combined before the fit (0: not fitted)"
     return {

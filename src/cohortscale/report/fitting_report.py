@@ -27,8 +27,9 @@ R2STAR_DISPLAY_MAX = 150.0
 
 
 def fitting_table(store: str | Path) -> pd.DataFrame:
-    """One row per (visit, field): status, dynamics combined, median PDFF (%) and R2* (s⁻¹) over pixels
-    fitted without a flag, share of flagged pixels and the stage's message."""
+    """One row per (visit, field): status, dynamics combined, the fat spectrum's calibrated offset (ppm),
+    median PDFF (%) and R2* (s⁻¹) over pixels fitted without a flag, share of flagged pixels and the
+    stage's message."""
     root = open_store(store, mode="r")
     latest = Ledger(store).read("fitting").set_index("participant")
     records = []
@@ -44,6 +45,7 @@ def fitting_table(store: str | Path) -> pd.DataFrame:
                     "field": f,
                     "status": latest.at[key, "status"],
                     "dynamics": int(root[f"{MAPS}/{f}/dynamics"][row]),
+                    "fat shift ppm": float(root[f"{MAPS}/{f}/fat_shift_ppm"][row]),
                     "PDFF % (median)": 100 * float(np.median(root[f"{MAPS}/{f}/pdff"][row][good]))
                     if good.any()
                     else np.nan,
