@@ -8,7 +8,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cohortscale.backend import gpu_available
 from cohortscale.ops import fieldmap
-from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor
+from cohortscale.ops.fatwater import ISMRM_6PEAK, fat_phasor, water_fat_basis
 from cohortscale.ops.fieldmap import (
     NEIGHBOUR_PAIRS,
     SGM_DIRECTIONS,
@@ -101,8 +101,7 @@ def test_common_phase_cost_against_a_direct_fit(monkeypatch):
     field_hz, r2star_s = 55.0, 70.0
     cost, _ = varpro_cost(signal, te, phasor, np.array([field_hz]), [r2star_s], common_phase=True)
     design = (
-        np.stack([np.ones_like(phasor), phasor], axis=1)
-        * np.exp((2j * np.pi * field_hz - r2star_s) * te)[:, None]
+        water_fat_basis(te, ISMRM_6PEAK, 127.74e6) * np.exp((2j * np.pi * field_hz - r2star_s) * te)[:, None]
     )
     stacked = np.concatenate([design.real, design.imag])
     best = np.full(len(signal), np.inf)

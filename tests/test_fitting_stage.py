@@ -206,6 +206,9 @@ def test_maps_match_truth_resume_and_refit(clean_cohort: Path, clean_store: Path
         for f in FIELDS:
             np.testing.assert_array_equal(root[f"{MAPS}/{f}/affine"][row], root[f"multiecho/{f}/affine"][row])
             assert root[f"{MAPS}/{f}/dynamics"][row] == (6 if f == 20254 else 1)
+            # The synthetic cohort's fat follows the spectrum fitted: no offset is called for (and the
+            # fill value, NaN, would show a visit whose offset was not written).
+            assert root[f"{MAPS}/{f}/fat_shift_ppm"][row] == 0.0
             assert (
                 root[f"{MAPS}/{f}/quality"].dtype == np.uint8 and root[f"{MAPS}/{f}/pdff"].dtype == np.float32
             )
@@ -310,6 +313,7 @@ def test_missing_inconsistent_and_quarantined_slices(clean_store: Path, tmp_path
                 assert (
                     np.isnan(root[f"{MAPS}/{f}/affine"][row]).all() and root[f"{MAPS}/{f}/dynamics"][row] == 0
                 )
+                assert np.isnan(root[f"{MAPS}/{f}/fat_shift_ppm"][row])
             else:
                 assert np.isfinite(pdff).all() and (quality != NOT_FITTED).all()
 

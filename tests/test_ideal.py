@@ -9,7 +9,13 @@ import scipy.stats
 
 from cohortscale.backend import gpu_available
 from cohortscale.ops.crlb import crlb
-from cohortscale.ops.fatwater import HAMILTON_LIVER_9PEAK, ISMRM_6PEAK, fat_phasor, multiecho_signal
+from cohortscale.ops.fatwater import (
+    HAMILTON_LIVER_9PEAK,
+    ISMRM_6PEAK,
+    fat_phasor,
+    multiecho_signal,
+    water_fat_basis,
+)
 from cohortscale.ops.ideal import (
     R2STAR_GRID_S,
     FitOptions,
@@ -215,8 +221,7 @@ def test_near_alias_shifts_of_non_uniform_echoes():
     assert shifts == (-65, 65, -80, 80)  # 1,946 and 2,395 Hz
     # Water fits itself shifted by 1,946 Hz within 0.1 % (other water and fat), 2,395 Hz within 1 %; the
     # fitted R2* is free, as in the search.
-    phasor = fat_phasor(te, ISMRM_6PEAK, frequency)
-    basis = np.stack([np.ones_like(phasor), phasor], axis=1)
+    basis = water_fat_basis(te, ISMRM_6PEAK, frequency)
     one, zero = np.ones(1), np.zeros(1)
     water = multiecho_signal(one, zero, 30 * one, zero, te, ISMRM_6PEAK, frequency)
     energy = float(np.sum(np.abs(water) ** 2))
@@ -588,12 +593,11 @@ def decay_alias_separation(te, pdff: float, r2star: float, snr: float) -> float:
     estimator reaches the Cramér–Rao bound. This happens on the 10-echo protocol at R2* 300 s⁻¹, whose
     later echoes (to 23.8 ms) hold almost no signal.
     """
-    phasor = fat_phasor(te, ISMRM_6PEAK, FREQUENCY_HZ)
     one = np.ones(1)
     signal = multiecho_signal(
         (1 - pdff) * one, pdff * one, r2star * one, 0 * one, te, ISMRM_6PEAK, FREQUENCY_HZ
     )
-    basis = np.stack([np.ones_like(phasor), phasor], axis=1)
+    basis = water_fat_basis(te, ISMRM_6PEAK, FREQUENCY_HZ)
     _, residual = amplitudes_for(signal.astype(complex), te, basis, 0 * one, FitOptions().r2star_max_s * one)
     return float(residual[0] ** 2 * snr**2)
 
@@ -613,8 +617,7 @@ def test_pdff_bias_limit_is_out_of_reach_at_10_echoes_r2star_300_snr_20():
     its limit anyway.
     """
     te = PROTOCOLS["10-echo"]
-    phasor = fat_phasor(te, ISMRM_6PEAK, FREQUENCY_HZ)
-    basis = np.stack([np.ones_like(phasor), phasor], axis=1)
+    basis = water_fat_basis(te, ISMRM_6PEAK, FREQUENCY_HZ)
     rng = np.random.default_rng(0)
     one = np.ones(40_000)
     biases = {}
@@ -642,8 +645,7 @@ def test_fit_is_at_the_likelihood_optimum_where_its_sd_exceeds_the_bound():
     """
     te = PROTOCOLS["10-echo"]
     snr, r2star = 50.0, 300.0
-    phasor = fat_phasor(te, ISMRM_6PEAK, FREQUENCY_HZ)
-    basis = np.stack([np.ones_like(phasor), phasor], axis=1)
+    basis = water_fat_basis(te, ISMRM_6PEAK, FREQUENCY_HZ)
     signal, b0 = mosaic_image(te, r2star, snr, np.random.default_rng(7))
     maps = fit_fatwater(signal, te, FREQUENCY_HZ)
     flat = signal.reshape(-1, te.size)

@@ -17,6 +17,7 @@ from cohortscale.ops.fatwater import (
     ndb_proton_counts,
     ndb_spectrum,
     r2star_from_iron,
+    water_fat_basis,
 )
 from cohortscale.synth.relaxation import dixon_fat_fraction, spoiled_gre_weight
 from cohortscale.synth.signal import edge_rolloff
@@ -31,6 +32,23 @@ def test_spectra_and_phasor() -> None:
     # Methylene and water are opposed about half a 4.61 ms period after excitation at 1.5 T.
     main = HAMILTON_LIVER_9PEAK.frequencies_hz(1.5 * 42.577478e6)[1]
     assert 1 / abs(main) == pytest.approx(4.61e-3, rel=0.01)
+
+
+def test_shifted_spectrum_and_basis() -> None:
+    """Moving every peak by δ ppm turns the fat signal by exp(i 2π δ f₀ t); the basis is water's 1 beside
+    the fat phasor."""
+    te = np.array([1.2e-3, 3.2e-3, 5.2e-3])
+    shifted = ISMRM_6PEAK.shifted(0.15)
+    assert ISMRM_6PEAK.shifted(0.0) is ISMRM_6PEAK
+    assert shifted.amplitudes == ISMRM_6PEAK.amplitudes
+    np.testing.assert_allclose(
+        fat_phasor(te, shifted, 63.6e6),
+        fat_phasor(te, ISMRM_6PEAK, 63.6e6) * np.exp(2j * np.pi * 0.15e-6 * 63.6e6 * te),
+    )
+    basis = water_fat_basis(te, shifted, 63.6e6)
+    assert basis.shape == (3, 2)
+    np.testing.assert_array_equal(basis[:, 0], 1.0)
+    np.testing.assert_array_equal(basis[:, 1], fat_phasor(te, shifted, 63.6e6))
 
 
 def test_multiecho_signal_limits() -> None:

@@ -195,6 +195,15 @@ def fat_phasor(
     return (amps * xp.exp(2j * xp.pi * freqs * te[:, None])).sum(axis=1)
 
 
+def water_fat_basis(
+    echo_times_s: ArrayLike, spectrum: FatSpectrum, imaging_frequency_hz: float, xp=None
+) -> np.ndarray:
+    """The model's water and fat columns at each echo, shape (n_echo, 2): 1 and :func:`fat_phasor`."""
+    phasor = fat_phasor(echo_times_s, spectrum, imaging_frequency_hz, xp=xp)
+    xp = array_module(phasor)
+    return xp.stack([xp.ones_like(phasor), phasor], axis=1)
+
+
 def multiecho_signal(
     water: ArrayLike,
     fat: ArrayLike,

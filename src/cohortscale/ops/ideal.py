@@ -42,7 +42,14 @@ import scipy.stats
 
 from cohortscale.backend import array_module, ndimage_module, to_numpy
 from cohortscale.ops.crlb import Model, check_model, crlb
-from cohortscale.ops.fatwater import ISMRM_6PEAK, FatSpectrum, fat_phasor, iron_from_r2star, multiecho_signal
+from cohortscale.ops.fatwater import (
+    ISMRM_6PEAK,
+    FatSpectrum,
+    fat_phasor,
+    iron_from_r2star,
+    multiecho_signal,
+    water_fat_basis,
+)
 from cohortscale.ops.fieldmap import FieldGrid, aggregate, coarsen, field_grid, flip_regions, varpro_cost
 
 #: R2* candidates of the cost volume, s⁻¹: about 30 % apart, so that no true R2* up to 1000 s⁻¹ is far
@@ -697,17 +704,23 @@ def calibrate_fat_shift(
     te = xp.asarray(echo_times_s)
 
     def residuals(offset_ppm: float, voxels):
-        phasor = fat_phasor(te, spectrum.shifted(float(offset_ppm)), imaging_frequency_hz, xp=xp)
-        basis = xp.stack([xp.ones_like(phasor), phasor], axis=1)
+        basis = water_fat_basis(te, spectrum.shifted(float(offset_ppm)), imaging_frequency_hz, xp=xp)
         fitted = refine(signal[voxels], te, basis, field_hz[voxels], r2star_s[voxels], reach, one_phase)
         return fitted[3]
 
-    def search(voxels):
-        cost = lambda offset_ppm: float((residuals(offset_ppm, voxels) ** 2).sum())  # noqa: E731
-        bounds = (-limit, limit)
-        tolerance = {"xatol": FAT_SHIFT_TOLERANCE_PPM}
-        best = scipy.optimize.minimize_scalar(cost, bounds=bounds, method="bounded", options=tolerance)
-        return float(best.x), (cost(0.0) - float(best.fun)) / noise_variance
+    def cost(offset_ppm: float, voxels) -> float:
+        return float((residuals(offset_ppm, voxels) ** 2).sum())
+
+    def search(voxels) -> tuple[float, float]:
+        """The offset of least cost over ``voxels``, and that cost."""
+        best = scipy.optimize.minimize_scalar(
+            cost,
+            args=(voxels,),
+            bounds=(-limit, limit),
+            method="bounded",
+            options={"xatol": FAT_SHIFT_TOLERANCE_PPM},
+        )
+        return float(best.x), float(best.fun)
 
     offset, _ = search(slice(None))
     explained = residuals(offset, slice(None)) <= options.max_relative_residual * xp.linalg.norm(
@@ -716,7 +729,8 @@ def calibrate_fat_shift(
     kept = xp.flatnonzero(explained)
     if kept.size < FAT_SHIFT_MIN_VOXELS:
         return 0.0
-    offset, gain = search(kept)
+    offset, least = search(kept)
+    gain = (cost(0.0, kept) - least) / noise_variance
     interior = abs(offset) < limit - 2 * FAT_SHIFT_TOLERANCE_PPM
     return offset if interior and gain > options.fat_shift_min_gain else 0.0
 
@@ -1166,7 +1180,8 @@ def fit_fatwater(
     # fitted as air (no signal) and reported as NaN.
     missing = ~xp.isfinite(flat).all(axis=1)
     flat[missing] = 0
-    phasor = fat_phasor(xp.asarray(te), spectrum, imaging_frequency_hz, xp=xp)
+    basis = water_fat_basis(te, spectrum, imaging_frequency_hz, xp=xp)
+    phasor = basis[:, 1]
     grid = _field_grid(te, imaging_frequency_hz, options)
     r2_grid = np.asarray(options.r2star_grid_s, dtype=np.float64)
 
@@ -1220,7 +1235,6 @@ def fit_fatwater(
     field0 = candidates_hz[labels]
     r2_0 = xp.asarray(r2_grid)[best_r2[xp.arange(labels.size), labels]]
 
-    basis = xp.stack([xp.ones_like(phasor), phasor], axis=1)
     flat = flat.astype(xp.complex128)
     field, r2star, amplitudes, residual = refine(flat, te, basis, field0, r2_0, grid.step_hz, options)
     shift_ppm = 0.0
@@ -1241,8 +1255,7 @@ def fit_fatwater(
         )
     if shift_ppm:
         spectrum = spectrum.shifted(shift_ppm)
-        phasor = fat_phasor(xp.asarray(te), spectrum, imaging_frequency_hz, xp=xp)
-        basis = xp.stack([xp.ones_like(phasor), phasor], axis=1)
+        basis = water_fat_basis(te, spectrum, imaging_frequency_hz, xp=xp)
         reach = grid.step_hz + abs(shift_ppm) * 1e-6 * imaging_frequency_hz
         field, r2star, amplitudes, residual = refine(flat, te, basis, field0, r2_0, reach, options)
     if options.r2star_prior_gate > 0:
