@@ -25,6 +25,7 @@ from cohortscale.ops.ideal import (
     fat_fraction,
     field_prior,
     fit_fatwater,
+    move_decay_aliases,
     near_alias_shifts,
     neighbourhood_r2star,
     pdff_sd_bound,
@@ -635,8 +636,9 @@ def test_pdff_bias_limit_is_out_of_reach_at_10_echoes_r2star_300_snr_20():
 
 
 def test_fit_is_at_the_likelihood_optimum_where_its_sd_exceeds_the_bound():
-    """At 10 echoes, SNR 50, R2* 300 s⁻¹ the R2* SD is 1.4–1.5× its bound at PDFF 50–80 % (not asserted by
-    the Monte Carlo): that is the maximum-likelihood estimate's own spread, not a search that stops short.
+    """At 10 echoes, SNR 50, R2* 300 s⁻¹ the R2* SD is 1.2–1.45× its bound at PDFF 50–80 % over six noise
+    draws, after the decay-alias moves (not asserted by the Monte Carlo): that is the maximum-likelihood
+    estimate's own spread, not a search that stops short.
     Each voxel's residual is compared with the residual at the true field and R2*, which the optimum cannot
     exceed: measured (seed 7), no stripe has over 0.7 % of voxels above it by 0.1 noise variances, nor over
     0.1 % by 0.5 (the field map's smoothing moves a voxel off its own optimum by that much). Starting from six
@@ -657,6 +659,59 @@ def test_fit_is_at_the_likelihood_optimum_where_its_sd_exceeds_the_bound():
     for index in range(len(PDFF_VALUES)):
         stripe = excess[:, index * width : (index + 1) * width]
         assert np.mean(stripe > 0.1) < 0.015 and np.mean(stripe > 0.5) < 0.003, PDFF_VALUES[index]
+
+
+def test_voxels_on_a_decay_alias_move_to_the_basin_their_neighbourhood_points_to():
+    """10 echoes, R2* 300 s⁻¹, SNR 50 (seed 7): noise puts some voxels of the PDFF 50 and 80 % stripes in
+    the basin of fast decay, at the R2* bound, where their neighbours sit near 300 s⁻¹. Measured: the moves
+    take the voxels at R2* ≥ 1000 s⁻¹ from 47 to 16 and the R2* SD from 1.64 and 1.54 to 1.38 and 1.28 times
+    its bound; moved voxels fit within 0.95 noise variances of their own optimum."""
+    te = PROTOCOLS["10-echo"]
+    snr, r2star, width = 50.0, 300.0, STRIPE[1]
+    signal, _ = mosaic_image(te, r2star, snr, np.random.default_rng(7))
+    stripes = {pdff: np.s_[:, index * width : (index + 1) * width] for index, pdff in enumerate(PDFF_VALUES)}
+    bound = crlb(te, FREQUENCY_HZ, ISMRM_6PEAK, np.array([0.5, 0.8]), r2star, snr=snr, model="complex")
+    fits = {
+        ratio: fit_fatwater(signal, te, FREQUENCY_HZ, options=FitOptions(decay_alias_ratio=ratio))
+        for ratio in (0.0, FitOptions().decay_alias_ratio)
+    }
+    fast = {
+        ratio: sum(int((m.r2star[stripes[p]] >= 1000).sum()) for p in (0.5, 0.8)) for ratio, m in fits.items()
+    }
+    assert fast[1.5] < fast[0.0] / 2, fast
+    for pdff, sd_bound in zip((0.5, 0.8), bound.sd_r2star_per_s, strict=True):
+        ratios = [float(m.r2star[stripes[pdff]].std()) / sd_bound for m in fits.values()]
+        assert ratios[1] < ratios[0] - 0.2, (pdff, ratios)
+
+    # The kernel on a converged fit: only voxels far off their neighbourhood move, towards it, into a basin
+    # whose residual is within the allowed excess of their own.
+    options = FitOptions()
+    plain = fit_fatwater(
+        signal, te, FREQUENCY_HZ, options=FitOptions(decay_alias_ratio=0, field_smoothing_px=0)
+    )
+    basis = water_fat_basis(te, ISMRM_6PEAK, FREQUENCY_HZ)
+    flat = signal.reshape(-1, te.size)
+    field, own = plain.b0.reshape(-1).astype(float), plain.r2star.reshape(-1).astype(float)
+    _, residual = amplitudes_for(flat, te, basis, field, own)
+    centre = neighbourhood_r2star(plain.r2star[None].astype(float), options.r2star_prior_window_px).reshape(
+        -1
+    )
+    moved, _, new, _, new_residual = move_decay_aliases(
+        flat, te, basis, field, own, residual, centre, 1 / snr**2, 20.0, options
+    )
+    assert moved.size > 20
+
+    def log_rate(values):
+        return np.log(np.maximum(values, 0) + options.r2star_prior_offset_s)
+
+    away = np.abs(log_rate(own[moved]) - log_rate(centre[moved]))
+    assert (away > np.log(options.decay_alias_ratio)).all()
+    assert (np.abs(log_rate(new) - log_rate(centre[moved])) < away).all()
+    assert (np.abs(log_rate(new) - log_rate(own[moved])) > np.log(options.decay_alias_ratio)).all()
+    excess = (new_residual**2 - residual[moved] ** 2) * snr**2
+    assert excess.max() < options.decay_alias_max_excess
+    with pytest.raises(ValueError, match="decay_alias_ratio must be 0 or > 1"):
+        FitOptions(decay_alias_ratio=1.0)
 
 
 def test_voxels_whose_pdff_the_echoes_cannot_pin_are_flagged_imprecise():
@@ -766,7 +821,9 @@ def test_monte_carlo_against_cramer_rao_bound():
 
     Swaps are asserted in every cell; bias and SD wherever the fast-decay alias is separable
     (:func:`decay_alias_separation` ≥ 9 noise variances, three noise SDs): all cells but the 10-echo
-    protocol's at R2* 300 s⁻¹ at SNR 20 and at PDFF 50–80 % at SNR 50, which are printed. At SNR 20 even
+    protocol's at R2* 300 s⁻¹ at SNR 20 and at PDFF 50–80 % at SNR 50, which are printed (at SNR 50 they
+    meet the limits in this noise draw, R2* SD 1.24 and 1.23× the bound, but not in others: 1.22–1.45×
+    over six). At SNR 20 even
     an oracle given the true field and R2* misses the PDFF bias limit of magnitude discrimination in half
     of those cells
     (:func:`test_pdff_bias_limit_is_out_of_reach_at_10_echoes_r2star_300_snr_20`); at SNR 50 the fit is at

@@ -16,6 +16,9 @@ The fit, for all voxels at once:
    projection), started from the chosen labels: free complex amplitudes, or real ones under one common
    phase (``FitOptions.model``); then the offset of the fat spectrum's peaks that the image calls for
    (:func:`calibrate_fat_shift`), and where there is one, Gauss–Newton again with the spectrum moved;
+   then, for voxels whose R2* is far from their neighbourhood's, Gauss–Newton again from the
+   neighbourhood's median, kept where it lands in another basin of the voxel's likelihood that fits about
+   as well (:func:`move_decay_aliases`): fast decay leaves a second basin up to the R2* bound;
 4. for voxels with little proton signal, Gauss–Newton again, from their neighbourhood's R2* and with a
    prior centred on it (:func:`r2star_prior`): where the signal is weak, few echoes hardly pin R2* (with
    three echoes no degree of freedom is left, and the cost barely changes over a wide range of R2*), and
@@ -277,7 +280,8 @@ class FitOptions:
     r2star_prior_offset_s : float
         Offset (s⁻¹) added to R2* under the logarithm, so that the prior stays finite at R2* = 0.
     r2star_prior_window_px : int
-        Side (pixels) of the in-plane neighbourhood whose median R2* is the prior's centre.
+        Side (pixels) of the in-plane neighbourhood whose median R2* is the prior's centre, and the
+        reference of the decay-alias moves.
     iterations : int
         Gauss–Newton iterations on (ψ, R2*).
     r2star_min_s : float
@@ -330,6 +334,20 @@ class FitOptions:
     fat_shift_min_gain : float
         Least fall of the one-phase residual (noise variances) for which the offset is taken. Where the
         fat sits where the model puts it, the fall is a χ² with one degree of freedom: 25 is five SDs.
+    decay_alias_ratio : float
+        Factor, on ``R2* + r2star_prior_offset_s``, by which a voxel's R2* must be off its neighbourhood's
+        median (``r2star_prior_window_px``) to be fitted again from that median, and by which the new fit
+        must be off the voxel's own to count as another basin (:func:`move_decay_aliases`; 0 turns the
+        moves off). On the 10-echo protocol at R2* 300 s⁻¹, SNR 50, PDFF 50 and 80 %, over six noise
+        draws: R2* SD 1.22–1.45× its Cramér–Rao bound and bias −0.9 to +2.6 s⁻¹, against 1.45–1.72× and
+        +0.8 to +6.1 without the moves (1.25: 1.20–1.41×; 2: 1.30–1.55×). What is left is the spread of
+        the likelihood's own optimum: voxels whose one basin lies at 450–1,500 s⁻¹, 3–12 noise variances
+        below the truth's. Challenge case 12 keeps 9,772 (one voxel lost), case 17 scores 9,901.4 against
+        9,901.7 (one won, two lost); most moved voxels there are background noise.
+    decay_alias_max_excess : float
+        Most that the new basin's residual may exceed the voxel's own, noise variances, for the voxel to
+        move there: its own data hardly tell the two apart, and its neighbourhood decides. In two such noise
+        draws no moved voxel exceeded its own by more than 1.2, and 2–16 moved nearly the same voxels.
     """
 
     field_labels: int = 64
@@ -364,6 +382,8 @@ class FitOptions:
     fat_shift_search_ppm: float = 0.3
     fat_shift_min_pdff: float = 0.1
     fat_shift_min_gain: float = 25.0
+    decay_alias_ratio: float = 1.5
+    decay_alias_max_excess: float = 4.0
 
     def __post_init__(self) -> None:
         if self.r2star_prior_gate < 0 or self.r2star_prior_log_sd <= 0 or self.r2star_prior_offset_s <= 0:
@@ -395,6 +415,11 @@ class FitOptions:
                 "fat_shift_search_ppm and fat_shift_min_gain must be ≥ 0 and fat_shift_min_pdff within "
                 f"[0, 0.5), got {self.fat_shift_search_ppm}, {self.fat_shift_min_gain} and "
                 f"{self.fat_shift_min_pdff}"
+            )
+        if not (self.decay_alias_ratio == 0 or self.decay_alias_ratio > 1) or self.decay_alias_max_excess < 0:
+            raise ValueError(
+                "decay_alias_ratio must be 0 or > 1 and decay_alias_max_excess ≥ 0, got "
+                f"{self.decay_alias_ratio} and {self.decay_alias_max_excess}"
             )
         if self.r2star_prior_window_px < 1:
             raise ValueError(f"r2star_prior_window_px must be ≥ 1, got {self.r2star_prior_window_px}")
@@ -787,6 +812,78 @@ def neighbourhood_r2star(r2star_s, window_px: int):
     """
     xp = array_module(r2star_s)
     return ndimage_module(xp).median_filter(r2star_s, size=(1, window_px, window_px))
+
+
+def move_decay_aliases(
+    signal,
+    echo_times_s,
+    basis,
+    field_hz,
+    r2star_s,
+    residual,
+    centre_s,
+    noise_variance: float,
+    max_field_update_hz: float,
+    options: FitOptions,
+):
+    """Voxels on a decay alias of their R2*, and their fit at the local optimum their neighbourhood points to.
+
+    Where the late echoes hold little signal, a voxel's likelihood in R2* can have a second basin far from
+    the first (up to the R2* bound: the first echoes alone, fitted exactly by free water and fat), and
+    noise decides which is lower. A voxel whose R2* is over ``decay_alias_ratio`` off its neighbourhood's
+    median (on ``R2* + r2star_prior_offset_s``) is fitted again from that median; it moves when that lands
+    in another basin (the same factor off its own R2*, and nearer the median) whose residual exceeds its
+    own by under ``decay_alias_max_excess`` noise variances: its own data hardly tell the two apart, and
+    the tissue around it decides, as it does between water–fat aliases of the field map. No prior is added:
+    a moved voxel sits at a local optimum of its own likelihood, so R2* is not pulled towards the median.
+
+    Parameters
+    ----------
+    signal : (V, n) complex
+    echo_times_s : (n,)
+    basis : (n, 2) complex
+    field_hz, r2star_s, residual : (V,)
+        The converged fit: field (Hz), R2* (s⁻¹) and residual norm.
+    centre_s : (V,)
+        Neighbourhood median R2* (:func:`neighbourhood_r2star`), s⁻¹.
+    noise_variance : float
+        σ² per real channel, signal units squared.
+    max_field_update_hz : float
+        Largest ψ change from ``field_hz`` in the refit (:func:`refine`).
+    options : FitOptions
+
+    Returns
+    -------
+    moved : (M,) int
+        Flat indices of the moved voxels.
+    field_hz, r2star_s, amplitudes, residual : (M,), (M,), (M, 2), (M,)
+        Their fit in the new basin.
+    """
+    xp = array_module(signal)
+
+    def log_rate(r2):
+        return xp.log(xp.maximum(r2, 0.0) + options.r2star_prior_offset_s)
+
+    limit = np.log(options.decay_alias_ratio)
+    off_centre = xp.abs(log_rate(r2star_s) - log_rate(centre_s))
+    candidates = xp.flatnonzero(off_centre > limit)
+    refit = refine(
+        signal[candidates],
+        echo_times_s,
+        basis,
+        field_hz[candidates],
+        centre_s[candidates],
+        max_field_update_hz,
+        options,
+    )
+    own = r2star_s[candidates]
+    excess = (refit[3] ** 2 - residual[candidates] ** 2) / noise_variance
+    moves = (
+        (xp.abs(log_rate(refit[1]) - log_rate(own)) > limit)
+        & (xp.abs(log_rate(refit[1]) - log_rate(centre_s[candidates])) < off_centre[candidates])
+        & (excess < options.decay_alias_max_excess)
+    )
+    return (candidates[moves], *(part[moves] for part in refit))
 
 
 def r2star_prior(centre_s, density_share, noise_variance: float, options: FitOptions) -> R2starPrior:
@@ -1258,6 +1355,13 @@ def fit_fatwater(
         basis = water_fat_basis(te, spectrum, imaging_frequency_hz, xp=xp)
         reach = grid.step_hz + abs(shift_ppm) * 1e-6 * imaging_frequency_hz
         field, r2star, amplitudes, residual = refine(flat, te, basis, field0, r2_0, reach, options)
+    if options.decay_alias_ratio > 0:
+        centre = neighbourhood_r2star(r2star.reshape(weights.shape), options.r2star_prior_window_px)
+        moved, *parts = move_decay_aliases(
+            flat, te, basis, field, r2star, residual, centre.reshape(-1), sigma2, grid.step_hz, options
+        )
+        for whole, part in zip((field, r2star, amplitudes, residual), parts, strict=True):
+            whole[moved] = part
     if options.r2star_prior_gate > 0:
         # Clamped at 0, where the prior's log scale is defined (noise takes some tissue's R2* below 0).
         centre = xp.maximum(
